@@ -1,0 +1,357 @@
+"""The token-level text environment that every lm-gym task builds on.
+
+One step is one token. The observation is the token ids so far (prompt, then the generated tokens),
+right-aligned in a fixed-length window of ``max_prompt_tokens + max_new_tokens`` ids with padding
+on the left, and an attention mask. The action is a vocabulary index. The episode terminates on
+a stop token (EOS by default, or any token containing one of the task's stop strings) and is
+truncated after ``max_new_tokens`` tokens. The task reward scores the decoded text once, at the
+end of the episode: intermediate rewards are 0.0.
+
+Text is decoded only at episode end (and in :meth:`TextEnv.render`), never per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from lm_gym.data import Sample, load_dataset
+from lm_gym.models import load_tokenizer
+from lm_gym.rewards import Scorer, make_scorer
+
+ObsType = dict[str, np.ndarray]
+
+
+class EpisodeError(RuntimeError):
+    """``step()`` called before ``reset()`` or after the episode ended."""
+
+
+@functools.lru_cache(maxsize=32)
+def stop_token_ids(tokenizer_name: str, stop_strings: tuple[str, ...]) -> frozenset[int]:
+    """Ids of every token whose text contains one of ``stop_strings`` (computed once per tokenizer).
+
+    :param tokenizer_name: as accepted by :func:`lm_gym.models.load_tokenizer`.
+    :param stop_strings: e.g. ``("\\n",)``.
+    """
+    if not stop_strings:
+        return frozenset()
+    tok = load_tokenizer(tokenizer_name)
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    return frozenset(i for i, t in enumerate(texts) if any(s in t for s in stop_strings))
+
+
+class TextEnv(gym.Env[ObsType, np.int64]):
+    """Token-level text generation over a data set of prompts, scored at episode end.
+
+    Tasks subclass it, set :meth:`default_config`, and may override :meth:`draw_sample` (procedural
+    prompts) and :meth:`compute_metrics` (task-specific scores). Every constructor argument is a
+    JSON-serialisable name or number, so specs serialise and vector envs can rebuild envs; a
+    ``config`` dict overrides the defaults as keyword arguments do.
+
+    :param tokenizer: tokenizer name or folder (see :func:`lm_gym.models.load_tokenizer`).
+    :param dataset: data set name, ``.jsonl``/``.json`` file, or list of ``{"prompt", "references"}``
+        dicts (see :func:`lm_gym.data.load_dataset`).
+    :param split: ``"train"``, ``"validation"`` or ``"test"``.
+    :param dataset_kwargs: extra keyword arguments for the data set loader.
+    :param reward: the name of the metric used as reward, a scorer name (see
+        :func:`lm_gym.rewards.list_scorers`) or a callable ``f(texts, prompts, references)``.
+    :param reward_kwargs: keyword arguments for the reward scorer.
+    :param metrics: further scorer names computed at episode end and reported in ``info``.
+    :param prompt_template: format string applied to the sample's prompt, with ``{prompt}``.
+    :param max_prompt_tokens: P, the prompt part of the observation window.
+    :param max_new_tokens: T, the episode's token budget (truncation after T steps).
+    :param truncation: a prompt longer than P is cut from the left with a warning (``"left"``) or
+        refused with a ``ValueError`` (``"error"``).
+    :param stop_strings: a token containing any of these strings also ends the episode.
+    :param stop_on_eos: whether the EOS token ends the episode.
+    :param render_mode: ``None`` or ``"ansi"``.
+    :param config: overrides, as a dict (HighwayEnv style).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 30}
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """The task's defaults; subclasses update this dict."""
+        return {
+            "tokenizer": "gpt2",
+            "dataset": None,
+            "split": "train",
+            "dataset_kwargs": {},
+            "reward": None,
+            "reward_kwargs": {},
+            "metrics": [],
+            "prompt_template": "{prompt}",
+            "max_prompt_tokens": 64,
+            "max_new_tokens": 48,
+            "truncation": "left",
+            "stop_strings": [],
+            "stop_on_eos": True,
+        }
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        cfg = self.default_config()
+        for source in (config or {}, kwargs):
+            unknown = set(source) - set(cfg)
+            if unknown:
+                raise TypeError(
+                    f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; "
+                    f"known: {sorted(cfg)}"
+                )
+            cfg.update(source)
+        self.config = cfg
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r} is not supported; use one of "
+                f"{self.metadata['render_modes']} or None."
+            )
+        self.render_mode = render_mode
+
+        self.max_prompt_tokens = int(cfg["max_prompt_tokens"])
+        self.max_new_tokens = int(cfg["max_new_tokens"])
+        if self.max_prompt_tokens < 1 or self.max_new_tokens < 1:
+            raise ValueError("max_prompt_tokens and max_new_tokens must be at least 1.")
+        if cfg["truncation"] not in ("left", "error"):
+            raise ValueError(f"truncation must be 'left' or 'error', not {cfg['truncation']!r}.")
+        if "{prompt}" not in cfg["prompt_template"]:
+            raise ValueError("prompt_template must contain '{prompt}'.")
+
+        self.tokenizer = load_tokenizer(cfg["tokenizer"])
+        self.vocab_size = len(self.tokenizer)
+        self.eos_token_id = self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.eos_token_id is None:
+            raise ValueError(f"Tokenizer {cfg['tokenizer']!r} has no EOS token.")
+        stops = set(stop_token_ids(cfg["tokenizer"], tuple(cfg["stop_strings"])))
+        if cfg["stop_on_eos"]:
+            stops.add(self.eos_token_id)
+        self._stop_ids = frozenset(stops)
+
+        self.samples: list[Sample] = self.load_samples()
+        self.reward_name, self.reward_scorer = self._make_reward(
+            cfg["reward"], cfg["reward_kwargs"]
+        )
+        self.metric_scorers: dict[str, Scorer] = {
+            name: make_scorer(name) for name in cfg["metrics"] if name != self.reward_name
+        }
+
+        length = self.max_prompt_tokens + self.max_new_tokens
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, (length,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, (length,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.Discrete(self.vocab_size)
+
+        self._ids = np.full(length, self.pad_token_id, dtype=np.int64)
+        self._mask = np.zeros(length, dtype=np.int64)
+        self._generated: list[int] = []
+        self._sample: Sample | None = None
+        self._prompt_text = ""
+        self._done = True
+        self._started = False
+        self._prompt_cache: dict[str, np.ndarray] = {}
+
+    # -- task hooks -------------------------------------------------------------------------------
+
+    def load_samples(self) -> list[Sample]:
+        """The samples of the configured data set and split (procedural tasks return ``[]``)."""
+        cfg = self.config
+        if cfg["dataset"] is None:
+            return []
+        samples = load_dataset(cfg["dataset"], split=cfg["split"], **cfg["dataset_kwargs"])
+        if not samples:
+            raise ValueError(f"Data set {cfg['dataset']!r} split {cfg['split']!r} has no samples.")
+        return samples
+
+    def draw_sample(self) -> Sample:
+        """Draw the next episode's sample with ``self.np_random`` (override for procedural tasks)."""
+        return self.samples[int(self.np_random.integers(len(self.samples)))]
+
+    def compute_metrics(self, text: str, sample: Sample, prompt: str) -> dict[str, float]:
+        """Every metric of the finished text, the reward's included (override to add task scores).
+
+        :param text: the decoded generated text (stop token excluded).
+        :param sample: the episode's sample.
+        :param prompt: the full prompt text (template applied).
+        """
+        refs = [list(sample.references)]
+        out = {self.reward_name: self.reward_scorer.score([text], [prompt], refs)[0]}
+        for name, scorer in self.metric_scorers.items():
+            if scorer.needs_references and not sample.references:
+                continue
+            out[name] = scorer.score([text], [prompt], refs)[0]
+        return {k: float(v) for k, v in out.items()}
+
+    def _make_reward(self, reward: Any, kwargs: Mapping[str, Any]) -> tuple[str, Scorer]:
+        if reward is None:
+            raise ValueError(f"{type(self).__name__} needs a reward (a scorer name or callable).")
+        scorer = make_scorer(reward, **kwargs)
+        name = reward if isinstance(reward, str) else getattr(scorer, "name", "reward")
+        return name, scorer
+
+    # -- Gymnasium API ----------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[ObsType, dict[str, Any]]:
+        """Start an episode on a drawn sample.
+
+        :param seed: seeds ``self.np_random`` (the sample draw).
+        :param options: ``{"index": i}`` pins sample ``i`` of the split; ``{"prompt": str,
+            "references": [str, ...]}`` uses a given prompt (the template is applied).
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"index", "prompt", "references"}
+        if unknown:
+            raise ValueError(
+                f"Unknown reset option(s) {sorted(unknown)}: use index, or prompt and references."
+            )
+        if "index" in options:
+            if not self.samples:
+                raise ValueError(
+                    f"{type(self).__name__} draws its prompts: options['index'] does not apply."
+                )
+            idx = int(options["index"])
+            if not 0 <= idx < len(self.samples):
+                raise IndexError(f"options['index']={idx} outside 0..{len(self.samples) - 1}.")
+            sample = self.samples[idx]
+        elif "prompt" in options:
+            refs = options.get("references", ())
+            if isinstance(refs, str):
+                refs = (refs,)
+            sample = Sample(str(options["prompt"]), tuple(str(r) for r in refs))
+        else:
+            sample = self.draw_sample()
+        self._sample = sample
+        self._prompt_text = self.config["prompt_template"].format(prompt=sample.prompt)
+        prompt_ids = self._encode_prompt(self._prompt_text)
+
+        # Right-aligned: the window ends with the prompt; each new token shifts it left by one.
+        n = len(prompt_ids)
+        self._ids.fill(self.pad_token_id)
+        self._mask.fill(0)
+        self._ids[-n:] = prompt_ids
+        self._mask[-n:] = 1
+        self._generated = []
+        self._done = False
+        self._started = True
+        return self._obs(), {"prompt": self._prompt_text, "prompt_tokens": n}
+
+    def step(self, action: Any) -> tuple[ObsType, float, bool, bool, dict[str, Any]]:
+        """Append token ``action``; score the text when the episode ends.
+
+        :raises EpisodeError: before ``reset()`` or after the episode ended.
+        :raises TypeError: the action is not an integer.
+        :raises ValueError: the action is outside the vocabulary.
+        """
+        if self._done:
+            raise EpisodeError(
+                "step() called after the episode ended; call reset()."
+                if self._started
+                else "step() called before reset(); call reset() first."
+            )
+        token = self._check_action(action)
+        self._ids[:-1] = self._ids[1:]
+        self._ids[-1] = token
+        self._mask[:-1] = self._mask[1:]
+        self._mask[-1] = 1
+        self._generated.append(token)
+
+        terminated = token in self._stop_ids
+        truncated = not terminated and len(self._generated) >= self.max_new_tokens
+        if not (terminated or truncated):
+            return self._obs(), 0.0, False, False, {}
+        self._done = True
+        return self._obs(), *self._finish(terminated, truncated)
+
+    def _finish(
+        self, terminated: bool, truncated: bool
+    ) -> tuple[float, bool, bool, dict[str, Any]]:
+        assert self._sample is not None
+        text = self.generated_text()
+        metrics = self.compute_metrics(text, self._sample, self._prompt_text)
+        info = {
+            "text": text,
+            "prompt": self._prompt_text,
+            "references": list(self._sample.references),
+            "metrics": metrics,
+            "num_new_tokens": len(self._generated),
+        }
+        return float(metrics[self.reward_name]), bool(terminated), bool(truncated), info
+
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``: the prompt and the text so far, separated by ``" | "``."""
+        if self.render_mode != "ansi":
+            return None
+        return f"{self._prompt_text} | {self.generated_text()}"
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def generated_text(self) -> str:
+        """The text generated so far (a final stop token excluded, special tokens skipped)."""
+        ids = self._generated
+        if ids and ids[-1] in self._stop_ids and self._done:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @property
+    def sample(self) -> Sample | None:
+        """The current episode's sample."""
+        return self._sample
+
+    def _obs(self) -> ObsType:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    def _encode_prompt(self, text: str) -> np.ndarray:
+        cached = self._prompt_cache.get(text)
+        if cached is not None:
+            return cached
+        ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+        if not ids:  # GPT-2 needs a token to condition on: start from BOS/EOS
+            ids = [self.tokenizer.bos_token_id or self.eos_token_id]
+        if len(ids) > self.max_prompt_tokens:
+            if self.config["truncation"] == "error":
+                raise ValueError(
+                    f"Prompt has {len(ids)} tokens, more than max_prompt_tokens="
+                    f"{self.max_prompt_tokens} (truncation='error'): {text[:80]!r}..."
+                )
+            warnings.warn(
+                f"Prompt of {len(ids)} tokens cut from the left to max_prompt_tokens="
+                f"{self.max_prompt_tokens}.",
+                stacklevel=3,
+            )
+            ids = ids[-self.max_prompt_tokens :]
+        arr = np.asarray(ids, dtype=np.int64)
+        if len(self._prompt_cache) < 100_000:
+            self._prompt_cache[text] = arr
+        return arr
+
+    def _check_action(self, action: Any) -> int:
+        if isinstance(action, np.ndarray):
+            if action.shape not in ((), (1,)):
+                raise ValueError(
+                    f"Action must be a single token id, got an array of shape {action.shape}."
+                )
+            action = action.reshape(()).item() if action.dtype.kind in "iu" else action.reshape(())
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+            raise TypeError(
+                f"Action must be an integer token id, got {type(action).__name__} {action!r}."
+            )
+        token = int(action)
+        if not 0 <= token < self.vocab_size:
+            raise ValueError(f"Action {token} is outside the vocabulary [0, {self.vocab_size}).")
+        return token

@@ -1,0 +1,118 @@
+"""Registration of every lm-gym environment with Gymnasium (idempotent).
+
+Entry points are strings and kwargs are JSON-serialisable, so ``gymnasium.make("lm_gym:LMText-v0")``
+works in a fresh interpreter (Gymnasium imports ``lm_gym``, which calls :func:`register_envs`), in
+subprocesses and in vector envs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """One registered id.
+
+    :param id: the Gymnasium id.
+    :param entry_point: ``"module:Class"``.
+    :param kwargs: JSON-serialisable defaults passed to the class.
+    :param online: whether the env needs the hub (data or reward model) by default.
+    :param summary: one line for tables.
+    """
+
+    id: str
+    entry_point: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    online: bool = False
+    summary: str = ""
+
+
+_TG = "lm_gym.tasks.text_generation:TextGenerationEnv"
+_TR = "lm_gym.tasks.translation:TranslationEnv"
+_SU = "lm_gym.tasks.summarization:SummarizationEnv"
+
+ENV_ENTRIES: tuple[EnvEntry, ...] = (
+    EnvEntry(
+        "LMText-v0", _TG, summary="continue a movie-review opening; reward: positive sentiment"
+    ),
+    EnvEntry(
+        "LMTextIMDB-v0",
+        _TG,
+        {
+            "dataset": "imdb",
+            "reward": "sentiment-classifier",
+            "reward_kwargs": {"model": "lvwerra/distilbert-imdb", "label": "POSITIVE"},
+            "max_prompt_tokens": 64,
+        },
+        online=True,
+        summary="IMDB openings (datasets); reward: DistilBERT-IMDB positive probability",
+    ),
+    EnvEntry("LMTranslate-v0", _TR, summary="English to German UI strings (Django); reward: chrF"),
+    EnvEntry(
+        "LMTranslateWMT16-v0",
+        _TR,
+        {"dataset": "wmt16-de-en", "max_prompt_tokens": 128, "max_new_tokens": 96},
+        online=True,
+        summary="WMT16 English to German (datasets); reward: chrF",
+    ),
+    EnvEntry(
+        "LMTranslateIWSLT-v0",
+        _TR,
+        {"dataset": "iwslt2017-en-de", "max_prompt_tokens": 128, "max_new_tokens": 96},
+        online=True,
+        summary="IWSLT 2017 English to German (datasets); reward: chrF",
+    ),
+    EnvEntry(
+        "LMSummarize-v0", _SU, summary="stdlib docstring to its summary line; reward: ROUGE-L"
+    ),
+    EnvEntry(
+        "LMSummarizeCNN-v0",
+        _SU,
+        {"dataset": "cnn_dailymail", "max_prompt_tokens": 512, "max_new_tokens": 64},
+        online=True,
+        summary="CNN/DailyMail (datasets); reward: ROUGE-L",
+    ),
+    EnvEntry(
+        "LMSummarizeXSum-v0",
+        _SU,
+        {"dataset": "xsum", "max_prompt_tokens": 512, "max_new_tokens": 48},
+        online=True,
+        summary="XSum (datasets); reward: ROUGE-L",
+    ),
+    EnvEntry(
+        "LMCountUp-v0",
+        "lm_gym.tasks.verifiable:CountUpEnv",
+        summary="write 5 increasing numbers above a start; reward: exact check",
+    ),
+    EnvEntry(
+        "LMAlliteration-v0",
+        "lm_gym.tasks.verifiable:AlliterationEnv",
+        summary="write words starting with a given letter; reward: exact check",
+    ),
+)
+
+
+def register_envs() -> list[str]:
+    """Register every id of :data:`ENV_ENTRIES` that is not registered yet.
+
+    :return: the ids registered by this call (empty when all were already there).
+    """
+    added = []
+    for entry in ENV_ENTRIES:
+        if entry.id in gym.registry:
+            continue
+        gym.register(id=entry.id, entry_point=entry.entry_point, kwargs=dict(entry.kwargs))
+        added.append(entry.id)
+    return added
+
+
+def list_envs(include_online: bool = True) -> list[EnvEntry]:
+    """The registered lm-gym environments, offline ones first.
+
+    :param include_online: include the ids that need the hub.
+    """
+    return [e for e in ENV_ENTRIES if include_online or not e.online]

@@ -1,0 +1,170 @@
+"""Text scorers: the rewards of lm-gym tasks, and metrics for benchmarks.
+
+A scorer maps a batch of generated texts (with optional prompts and per-text references) to one
+float per text; see :class:`~lm_gym.rewards.base.Scorer`. Scorers are made by name so that
+environment kwargs stay JSON-serialisable::
+
+    from lm_gym.rewards import make_scorer
+
+    bleu = make_scorer("bleu")
+    bleu(["the cat sat on the mat"], references=[["the cat sat on the mat"]])  # [100.0]
+
+Built-in names (see :func:`list_scorers`):
+
+- ``"sentiment"`` / ``"sentiment-vader"``: VADER polarity in ``[0, 1]`` (offline).
+- ``"sentiment-classifier"``: probability of a label under any Hugging Face classifier.
+- ``"bleu"``, ``"chrf"`` (``[0, 100]``), ``"ter"`` (lower is better): sentence-level sacrebleu.
+- ``"rouge1"``, ``"rouge2"``, ``"rougeL"``, ``"rougeLsum"``: rouge-score F-measure in ``[0, 1]``.
+- ``"similarity"``: embedding cosine similarity to the best reference (or the prompt).
+- ``"length-penalty"``, ``"repetition-penalty"``: ``<= 0``, 0 is best.
+- ``"distinct-1"``, ``"distinct-2"``: per-text distinct-n in ``[0, 1]``.
+
+Third-party scorers join with :func:`register_scorer`; any callable
+``f(texts, prompts, references) -> list[float]`` can also be passed to :func:`make_scorer`.
+Importing this package imports neither torch nor transformers; the model-based scorers load them
+when built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from lm_gym.rewards.base import CallableScorer, ScoreFn, Scorer
+from lm_gym.rewards.overlap import ROUGE_TYPES, BLEUScorer, CHRFScorer, RougeScorer, TERScorer
+from lm_gym.rewards.sentiment import ClassifierScorer, VaderSentimentScorer
+from lm_gym.rewards.similarity import SimilarityScorer
+from lm_gym.rewards.text_stats import (
+    DistinctNScorer,
+    LengthPenaltyScorer,
+    RepetitionPenaltyScorer,
+    corpus_distinct_n,
+    distinct_n,
+)
+
+_REGISTRY: dict[str, Callable[..., Scorer]] = {}
+
+
+def register_scorer(name: str, factory: Callable[..., Scorer], *, overwrite: bool = False) -> None:
+    """Register a scorer factory under a name, for :func:`make_scorer`.
+
+    :param name: the registry name (a non-empty string).
+    :param factory: a callable returning a :class:`Scorer` when called with the keyword
+        arguments given to :func:`make_scorer` (a ``Scorer`` subclass, a ``functools.partial``,
+        a function).
+    :param overwrite: replace an existing registration of ``name`` instead of raising.
+    :raises ValueError: if ``name`` is already registered and ``overwrite`` is false.
+    :raises TypeError: if ``name`` is not a non-empty string or ``factory`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"scorer name must be a non-empty string, got {name!r}.")
+    if not callable(factory):
+        raise TypeError(f"scorer factory for {name!r} must be callable, got {factory!r}.")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"a scorer named {name!r} is already registered; pass overwrite=True to replace it."
+        )
+    _REGISTRY[name] = factory
+
+
+def list_scorers() -> list[str]:
+    """Names of all registered scorers, sorted.
+
+    :return: the names :func:`make_scorer` accepts.
+    """
+    return sorted(_REGISTRY)
+
+
+def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Scorer:
+    """Build a scorer from a name, a scorer, a scorer class or a reward function.
+
+    :param spec: a registered name (built with ``factory(**kwargs)``); a :class:`Scorer`
+        instance (returned as is); a ``Scorer`` subclass (instantiated with ``kwargs``); or any
+        callable ``f(texts, prompts, references) -> list[float]``, wrapped in a
+        :class:`CallableScorer` (``kwargs``: ``name``, ``higher_is_better``,
+        ``needs_references``).
+    :param kwargs: keyword arguments of the factory.
+    :return: the scorer.
+    :raises ValueError: for an unknown name (the message lists the known names and suggests the
+        closest), or kwargs given with a ready scorer instance.
+    :raises TypeError: if ``spec`` is none of the above or the factory does not return a Scorer.
+    """
+    if isinstance(spec, Scorer):
+        if kwargs:
+            raise ValueError(
+                f"make_scorer got a ready scorer {spec!r} and keyword arguments "
+                f"{sorted(kwargs)}; build the scorer with them instead."
+            )
+        return spec
+    if isinstance(spec, str):
+        factory = _REGISTRY.get(spec)
+        if factory is None:
+            close = difflib.get_close_matches(spec, list(_REGISTRY), n=3, cutoff=0.5)
+            if not close:
+                lowered = {name.lower(): name for name in _REGISTRY}
+                close = [lowered[m] for m in difflib.get_close_matches(spec.lower(), lowered)]
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"unknown scorer {spec!r}.{hint} Known scorers: {', '.join(list_scorers())}."
+            )
+        scorer = factory(**kwargs)
+        if not isinstance(scorer, Scorer):
+            raise TypeError(
+                f"the factory registered as {spec!r} returned {type(scorer).__name__}, "
+                "not a Scorer."
+            )
+        return scorer
+    if isinstance(spec, type) and issubclass(spec, Scorer):
+        return spec(**kwargs)
+    if callable(spec):
+        return CallableScorer(spec, **kwargs)
+    raise TypeError(
+        "make_scorer takes a scorer name, a Scorer, a Scorer class or a callable "
+        f"f(texts, prompts, references); got {type(spec).__name__}."
+    )
+
+
+def _register_builtins() -> None:
+    builtins: dict[str, Callable[..., Scorer]] = {
+        "sentiment": VaderSentimentScorer,
+        "sentiment-vader": VaderSentimentScorer,
+        "sentiment-classifier": ClassifierScorer,
+        "bleu": BLEUScorer,
+        "chrf": CHRFScorer,
+        "ter": TERScorer,
+        "similarity": SimilarityScorer,
+        "length-penalty": LengthPenaltyScorer,
+        "repetition-penalty": RepetitionPenaltyScorer,
+        "distinct-1": functools.partial(DistinctNScorer, n=1),
+        "distinct-2": functools.partial(DistinctNScorer, n=2),
+    }
+    for rouge_type in ROUGE_TYPES:
+        builtins[rouge_type] = functools.partial(RougeScorer, rouge_type)
+    for name, factory in builtins.items():
+        register_scorer(name, factory, overwrite=True)
+
+
+_register_builtins()
+
+__all__ = [
+    "BLEUScorer",
+    "CHRFScorer",
+    "CallableScorer",
+    "ClassifierScorer",
+    "DistinctNScorer",
+    "LengthPenaltyScorer",
+    "RepetitionPenaltyScorer",
+    "RougeScorer",
+    "ScoreFn",
+    "Scorer",
+    "SimilarityScorer",
+    "TERScorer",
+    "VaderSentimentScorer",
+    "corpus_distinct_n",
+    "distinct_n",
+    "list_scorers",
+    "make_scorer",
+    "register_scorer",
+]

@@ -1,0 +1,1 @@
+"""One module per task family; each module's docstring documents its environments."""
