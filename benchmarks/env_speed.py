@@ -41,7 +41,7 @@ def measure(env_id: str, episodes: int, seed: int = 0) -> tuple[float, float]:
         env.reset(seed=seed + ep)
         # Random tokens below the EOS id so that episodes run to max_new_tokens.
         actions = rng.integers(0, env.vocab_size - 1, size=env.max_new_tokens)
-        for i, a in enumerate(actions):
+        for a in actions:
             t0 = time.perf_counter()
             _, _, term, trunc, _ = env.step(int(a))
             dt = time.perf_counter() - t0
@@ -50,7 +50,6 @@ def measure(env_id: str, episodes: int, seed: int = 0) -> tuple[float, float]:
                 break
             step_time += dt
             step_count += 1
-        assert term or trunc or i == len(actions) - 1
     total_time = time.perf_counter() - start_all
     return step_count / step_time, total_steps / total_time
 

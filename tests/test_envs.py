@@ -55,7 +55,7 @@ def test_contract_and_determinism(env_id: str) -> None:
     p, t = inner.max_prompt_tokens, inner.max_new_tokens
     space = env.observation_space
     assert space["input_ids"].shape == (p + t,) and space["input_ids"].dtype == np.int64
-    assert env.action_space.n == 50257
+    assert env.action_space.n == len(inner.tokenizer)
 
     obs_a, rew_a, info_a = run_episode(env, seed=3)
     obs_b, rew_b, info_b = run_episode(env, seed=3)
@@ -179,7 +179,7 @@ def test_long_prompt_truncated_left_or_refused() -> None:
 def test_bad_configuration_errors() -> None:
     with pytest.raises(TypeError, match="unknown option"):
         gym.make("LMText-v0", max_new_token=3)
-    with pytest.raises(ValueError, match="Unknown|unknown"):
+    with pytest.raises(ValueError, match="(?i)unknown"):
         gym.make("LMText-v0", reward="sentimnet")
     with pytest.raises(ValueError):
         gym.make("LMText-v0", dataset="no-such-data")
@@ -247,7 +247,7 @@ def test_sb3_vec_envs(vec_cls) -> None:
         assert obs["input_ids"].shape == (2, 24)
         finished = 0
         for _ in range(16):
-            obs, rewards, dones, infos = venv.step(np.array([100, 200]))
+            obs, _, dones, infos = venv.step(np.array([100, 200]))
             for done, info in zip(dones, infos):
                 if done:
                     finished += 1
@@ -266,7 +266,7 @@ def test_gymnasium_vector_envs(async_: bool) -> None:
         obs, _ = venv.reset(seed=0)
         assert obs["input_ids"].shape == (2, 28)
         for _ in range(12):
-            obs, rewards, term, trunc, infos = venv.step(np.array([1, 2]))
+            obs, _, _, trunc, _ = venv.step(np.array([1, 2]))
         assert trunc.all()
     finally:
         venv.close()
