@@ -9,6 +9,7 @@ See :func:`lm_gym.envs.list_envs` for the ids. This package never imports stable
 """
 
 from lm_gym.envs.registration import ENV_ENTRIES, list_envs, register_envs
+from lm_gym.tasks import verifiable as _verifiable  # noqa: F401  (registers the task scorers)
 
 __version__ = "0.1.0"
 

@@ -179,7 +179,7 @@ def test_long_prompt_truncated_left_or_refused() -> None:
 def test_bad_configuration_errors() -> None:
     with pytest.raises(TypeError, match="unknown option"):
         gym.make("LMText-v0", max_new_token=3)
-    with pytest.raises(ValueError, match="(?i)unknown"):
+    with pytest.raises(ValueError, match=r"(?i)unknown"):
         gym.make("LMText-v0", reward="sentimnet")
     with pytest.raises(ValueError):
         gym.make("LMText-v0", dataset="no-such-data")
