@@ -1,0 +1,30 @@
+"""lm-gym's agent zoo: GPT-2 policies for stable-baselines3, algorithms, baselines.
+
+Names are imported lazily, so ``import agents`` stays cheap (no torch or SB3 import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GPT2ActorCritic": "agents.network",
+    "GPT2ActorCriticPolicy": "agents.policies",
+    "MaskableGPT2ActorCriticPolicy": "agents.policies",
+    "GPT2DQNPolicy": "agents.policies",
+    "KLPenaltyVecEnv": "agents.kl",
+    "KLPenaltyCallback": "agents.kl",
+    "NLPORolloutBuffer": "agents.nlpo",
+    "NLPOMaskUpdateCallback": "agents.nlpo",
+    "NLPOActionMaskWrapper": "agents.nlpo",
+    "export_pretrained": "agents.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")

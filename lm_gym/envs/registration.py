@@ -93,6 +93,16 @@ ENV_ENTRIES: tuple[EnvEntry, ...] = (
         "lm_gym.tasks.verifiable:AlliterationEnv",
         summary="write words starting with a given letter; reward: exact check",
     ),
+    EnvEntry(
+        "LMToy-v0",
+        "lm_gym.tasks.toy:LMToyEnv",
+        summary="two contexts, two words (5-word vocabulary); per-step reward; exact solution",
+    ),
+    EnvEntry(
+        "LMWordSort-v0",
+        "lm_gym.tasks.toy:LMWordSortEnv",
+        summary="write 3 words in alphabetical order (5-word vocabulary); exact solution",
+    ),
 )
 
 

@@ -1,0 +1,498 @@
+"""The agent protocol of the zoo, a base class for agents written here, and the SB3 adapter.
+
+Every agent, whatever its origin (a stable-baselines3 model, a tabular learner, an LM decoding
+baseline, a third-party plug-in), meets one small protocol, a subset of SB3's:
+
+* ``learn(total_timesteps, callback=None)``: train for ``total_timesteps`` more env steps and return
+  the agent. ``callback`` follows SB3's function-callback convention, ``callback(locals_, globals_)``,
+  called at least once per episode; returning ``False`` stops training. An agent that has nothing
+  to learn (a decoding baseline) returns at once.
+* ``predict(observation, deterministic=False)``: ``(action, state)`` for one observation (a token
+  id) or a batch (an array), as SB3's ``predict``.
+* ``save(path)``: write the agent to ``path`` (a file or a folder, the agent's choice).
+* ``load(path)``: read it back and *return* the loaded agent. SB3's classmethods (which return a
+  new model) and in-place loaders both qualify: callers always use the returned object
+  (:func:`load_agent` passes ``env=`` where the loader takes it).
+
+Optional capabilities, used where present: ``num_timesteps`` (env steps learned so far),
+``set_logger(logger)`` (an SB3 :class:`~stable_baselines3.common.logger.Logger`, for TensorBoard),
+and ``action_log_probs(observations)`` (the log-probabilities the agent gives every action of a
+batch of observations: the benchmark's KL to the reference LM needs it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.logger import Logger
+    from transformers import PreTrainedModel
+
+    from lm_gym.envs.core import TextEnv
+
+#: SB3's function callback: ``callback(locals_, globals_) -> bool | None``; ``False`` stops.
+Callback = Callable[[dict[str, Any], dict[str, Any]], Any]
+
+ObsDict = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What every agent of the zoo provides (see the module docstring)."""
+
+    def learn(self, total_timesteps: int, callback: Any = None) -> Any:
+        """Train for ``total_timesteps`` more env steps; return the agent."""
+        ...
+
+    def predict(self, observation: Any, deterministic: bool = False) -> tuple[Any, Any]:
+        """``(action, state)`` for an observation or a batch of observations."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write the agent to ``path``."""
+        ...
+
+    def load(self, path: str | Path) -> Any:
+        """Read an agent written by :meth:`save` and return it."""
+        ...
+
+
+def load_agent(agent: Any, path: str | Path, env: gym.Env | None = None) -> Any:
+    """Load the state saved at ``path`` with ``agent``'s loader and return the loaded agent.
+
+    :param agent: an agent of the kind that wrote ``path`` (built on the same env and options).
+    :param path: what ``agent.save`` wrote.
+    :param env: passed as ``env=`` when the loader takes it (SB3 models, tabular agents).
+    :return: the loaded agent (the same object for in-place loaders).
+    """
+    loader = agent.load
+    try:
+        takes_env = "env" in inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        takes_env = False
+    loaded = loader(path, env=env) if takes_env and env is not None else loader(path)
+    return agent if loaded is None else loaded
+
+
+def call_callback(callback: Callback | None, locals_: dict[str, Any]) -> bool:
+    """Call an SB3 function callback; ``True`` means go on.
+
+    :param callback: ``callback(locals_, globals_)`` or ``None``.
+    :param locals_: the caller's locals (``locals_["self"]`` is the agent).
+    """
+    if callback is None:
+        return True
+    return callback(locals_, globals()) is not False
+
+
+# -- env helpers ----------------------------------------------------------------------------------
+
+
+def text_env(env: gym.Env) -> TextEnv:
+    """The lm-gym :class:`~lm_gym.envs.core.TextEnv` inside ``env`` (wrappers removed).
+
+    :raises TypeError: ``env`` is not an lm-gym text env.
+    """
+    from lm_gym.envs.core import TextEnv
+
+    inner = getattr(env, "unwrapped", env)
+    if not isinstance(inner, TextEnv):
+        raise TypeError(f"Expected an lm-gym text env, got {type(inner).__name__}.")
+    return inner
+
+
+def env_id_of(env: gym.Env) -> str | None:
+    """The registered id of ``env`` (``None`` for an env made without ``gymnasium.make``)."""
+    spec = getattr(env, "spec", None) or getattr(getattr(env, "unwrapped", None), "spec", None)
+    return getattr(spec, "id", None)
+
+
+def fresh_env(env: gym.Env) -> gym.Env | None:
+    """A new instance of ``env``'s registered env with the same options, without its wrappers
+    (``None`` for an env made without ``gymnasium.make``).
+
+    :param env: an env made with ``gymnasium.make`` (possibly wrapped since, e.g. in ``Monitor``).
+    """
+    import dataclasses
+
+    spec = getattr(getattr(env, "unwrapped", env), "spec", None)
+    if spec is None:
+        return None
+    return gym.make(dataclasses.replace(spec, additional_wrappers=()))
+
+
+def stop_ids(env: gym.Env) -> list[int]:
+    """The token ids that end an episode of ``env`` (EOS and the task's stop strings), sorted."""
+    from lm_gym.envs.core import stop_token_ids
+
+    inner = text_env(env)
+    cfg = inner.config
+    ids = set(stop_token_ids(cfg["tokenizer"], tuple(cfg["stop_strings"])))
+    if cfg["stop_on_eos"]:
+        ids.add(int(inner.eos_token_id))
+    return sorted(ids)
+
+
+def real_tokens(observation: Mapping[str, np.ndarray]) -> list[int]:
+    """The real token ids of one observation (where the attention mask is 1)."""
+    ids = np.asarray(observation["input_ids"]).reshape(-1)
+    mask = np.asarray(observation["attention_mask"]).reshape(-1)
+    return [int(i) for i in ids[mask > 0.5]]
+
+
+def batch_obs(observation: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
+    """``(batched observation, was_single)``: adds a leading axis to a single observation."""
+    ids = np.asarray(observation["input_ids"])
+    mask = np.asarray(observation["attention_mask"])
+    if ids.ndim == 1:
+        return {"input_ids": ids[None], "attention_mask": mask[None]}, True
+    return {"input_ids": ids, "attention_mask": mask}, False
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def model_for_env(model: str, env: gym.Env) -> str:
+    """A model name or folder whose vocabulary matches ``env``'s action space.
+
+    GPT-2-vocabulary envs take any name as is. For a small vocabulary (the word-level envs), a
+    built-in name (``"tiny-gpt2"``, ...) is built with that vocabulary and written once to a folder
+    in the lm-gym cache, whose path is returned: a JSON-serialisable name that every policy and
+    ``load_causal_lm`` resolves. ``"gpt2"`` and its family map to ``"tiny-gpt2"`` there (a
+    pretrained GPT-2 cannot act on a vocabulary of a few words).
+
+    :param model: a causal LM name or folder.
+    :param env: the env the model will act on.
+    :raises ValueError: the env has a small vocabulary and ``model`` is neither a built-in name nor
+        a folder of a model with that vocabulary.
+    """
+    from lm_gym.models import BUILTIN_LMS, GPT2_TOKENIZER_NAMES, GPT2_VOCAB_SIZE
+
+    vocab = int(env.action_space.n)
+    if vocab == GPT2_VOCAB_SIZE or Path(model).is_dir():
+        return model
+    if model in GPT2_TOKENIZER_NAMES:
+        model = "tiny-gpt2"
+    if model not in BUILTIN_LMS:
+        raise ValueError(
+            f"The env's vocabulary has {vocab} tokens; model {model!r} cannot act on it. Use a "
+            f"built-in name ({', '.join(sorted(BUILTIN_LMS))}), built with the env's vocabulary, "
+            "or a folder of a model trained on the env's tokenizer."
+        )
+    from lm_gym.data import cache_dir
+    from lm_gym.models import load_causal_lm
+
+    folder = cache_dir().parent / "models" / f"{model}-vocab{vocab}"
+    if not (folder / "config.json").exists():
+        lm = load_causal_lm(model, vocab_size=vocab)
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        lm.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process won the race
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedModel:
+    """A causal LM (eval mode, CPU) whose vocabulary matches ``env``'s action space.
+
+    :param model: a name or folder (see :func:`model_for_env`) or a model object (checked).
+    :param env: the env.
+    :raises ValueError: the vocabulary does not match.
+    """
+    from lm_gym.models import load_causal_lm
+
+    lm = load_causal_lm(model_for_env(model, env)) if isinstance(model, str) else model
+    vocab = int(lm.get_output_embeddings().weight.shape[0])
+    if vocab != int(env.action_space.n):
+        raise ValueError(
+            f"The model's vocabulary ({vocab}) does not match the env's action space "
+            f"Discrete({env.action_space.n})."
+        )
+    return lm
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; an explicit ``"cuda"`` without CUDA raises.
+
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available.")
+    return dev
+
+
+# -- agents written in this package ---------------------------------------------------------------
+
+
+class BaseAgent:
+    """Shared machinery of the zoo's own agents: env, seed, step counter, logger, save and load.
+
+    Subclasses implement :meth:`predict`, and :meth:`learn` when they learn; they list their
+    constructor options in :attr:`hyperparameters` so that :meth:`save` records them, and keep
+    any learned state in :meth:`_save_state` / :meth:`_load_state`.
+
+    :param env: the env the agent acts (and learns) on.
+    :param seed: seeds the agent's own random draws.
+    :param verbose: 0 silent, 1 progress messages.
+    """
+
+    #: Constructor options recorded by :meth:`save` (besides ``seed``).
+    option_names: tuple[str, ...] = ()
+
+    def __init__(self, env: gym.Env, seed: int | None = None, verbose: int = 0) -> None:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise TypeError(f"{type(self).__name__} needs a Discrete action space.")
+        self.env = env
+        self.seed = seed
+        self.verbose = verbose
+        self.num_timesteps = 0
+        self.rng = np.random.default_rng(seed)
+        self.logger: Logger | None = None
+
+    @property
+    def n_actions(self) -> int:
+        """The size of the action space (the vocabulary)."""
+        return int(self.env.action_space.n)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor options (JSON-serialisable), as :meth:`save` records them."""
+        out = {name: getattr(self, name) for name in self.option_names}
+        out["seed"] = self.seed
+        return out
+
+    def get_env(self) -> gym.Env:
+        """The env the agent acts on."""
+        return self.env
+
+    def set_logger(self, logger: Logger) -> None:
+        """Log training metrics (TensorBoard, CSV) to an SB3 logger."""
+        self.logger = logger
+
+    def record(self, key: str, value: float) -> None:
+        """Record a metric for the next :meth:`dump` (no-op without a logger)."""
+        if self.logger is not None:
+            self.logger.record(key, value)
+
+    def dump(self) -> None:
+        """Write the recorded metrics at the current step."""
+        if self.logger is not None:
+            self.logger.dump(self.num_timesteps)
+
+    def learn(self, total_timesteps: int, callback: Callback | None = None) -> BaseAgent:
+        """Nothing to learn: return at once (decoding baselines).
+
+        :param total_timesteps: ignored.
+        :param callback: called once.
+        """
+        call_callback(callback, {"self": self})
+        return self
+
+    def predict(
+        self,
+        observation: Mapping[str, Any],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, None]:
+        """``(action, None)`` for an observation or a batch; subclasses implement it."""
+        raise NotImplementedError
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the agent to the folder ``path``: ``agent.json`` plus the learned state.
+
+        :param path: a folder (created).
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "hyperparameters": self.hyperparameters(),
+            "num_timesteps": self.num_timesteps,
+            "env_id": env_id_of(self.env),
+        }
+        self._save_state(folder)
+        (folder / "agent.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def load(self, path: str | Path) -> BaseAgent:
+        """Load what :meth:`save` wrote into this agent (built with the same options) and return it.
+
+        :param path: the folder.
+        :raises FileNotFoundError: no ``agent.json`` there.
+        :raises ValueError: it was written by another kind of agent.
+        """
+        folder = Path(path)
+        meta_file = folder / "agent.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{folder} holds no saved agent (agent.json missing).")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        expected = f"{type(self).__module__}:{type(self).__qualname__}"
+        if meta["class"] != expected:
+            raise ValueError(f"{folder} holds a {meta['class']}, not a {expected}.")
+        self.num_timesteps = int(meta["num_timesteps"])
+        self._load_state(folder)
+        return self
+
+    def _save_state(self, folder: Path) -> None:
+        """Hook: write learned state into ``folder``."""
+
+    def _load_state(self, folder: Path) -> None:
+        """Hook: read learned state from ``folder``."""
+
+
+# -- stable-baselines3 ----------------------------------------------------------------------------
+
+
+class _FunctionCallback:
+    """Turns a function callback into an SB3 ``BaseCallback`` whose locals name the adapter."""
+
+    def __new__(cls, fn: Callback, agent: SB3Agent) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class FunctionCallback(BaseCallback):
+            def _on_step(self) -> bool:
+                local = dict(self.locals)
+                local["self"] = agent
+                local["model"] = self.model
+                return fn(local, self.globals) is not False
+
+        return FunctionCallback()
+
+
+class SB3Agent:
+    """Adapter giving any stable-baselines3 model the zoo's protocol.
+
+    ``learn`` continues the step count across calls (SB3's ``reset_num_timesteps=False``), so that
+    ``learn(n)`` always means *n more steps* and a resumed run continues its TensorBoard curves.
+
+    :param model: an SB3 (or sb3-contrib) model.
+    :param learn_kwargs: extra keyword arguments of every ``model.learn`` call (``log_interval``,
+        ``use_masking``, a fixed SB3 callback under ``"callback"``).
+    """
+
+    def __init__(self, model: BaseAlgorithm, learn_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.model = model
+        self.learn_kwargs = dict(learn_kwargs or {})
+
+    @property
+    def num_timesteps(self) -> int:
+        """Env steps learned so far."""
+        return int(self.model.num_timesteps)
+
+    @property
+    def policy(self) -> Any:
+        """The SB3 policy."""
+        return self.model.policy
+
+    def get_env(self) -> Any:
+        """The model's (vectorised) env."""
+        return self.model.get_env()
+
+    def set_logger(self, logger: Logger) -> None:
+        """Use an SB3 logger (TensorBoard, CSV) for the model's training metrics."""
+        self.model.set_logger(logger)
+
+    def learn(self, total_timesteps: int, callback: Any = None) -> SB3Agent:
+        """Train for ``total_timesteps`` more steps.
+
+        :param total_timesteps: env steps (over all envs of the vec env).
+        :param callback: a function callback ``f(locals_, globals_)`` (its ``locals_["self"]`` is
+            this adapter), an SB3 ``BaseCallback`` or a list of them.
+        """
+        from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+        callbacks = []
+        fixed = self.learn_kwargs.get("callback")
+        for cb in (fixed, callback):
+            if cb is None:
+                continue
+            if isinstance(cb, list):
+                callbacks.extend(cb)
+            elif isinstance(cb, BaseCallback):
+                callbacks.append(cb)
+            else:
+                callbacks.append(_FunctionCallback(cb, self))
+        kwargs = {k: v for k, v in self.learn_kwargs.items() if k != "callback"}
+        self.model.learn(
+            int(total_timesteps),
+            callback=CallbackList(callbacks) if callbacks else None,
+            reset_num_timesteps=False,
+            **kwargs,
+        )
+        return self
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Any, Any]:
+        """SB3's ``model.predict``."""
+        return self.model.predict(
+            observation, state=state, episode_start=episode_start, deterministic=deterministic
+        )
+
+    def action_log_probs(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Log-probabilities of every action, ``(batch, n_actions)``, under the stochastic policy.
+
+        Policies without a distribution (DQN) give the one-hot of their greedy action.
+
+        :param observations: a batch ``{"input_ids": (B, L), "attention_mask": (B, L)}``.
+        """
+        import torch
+
+        policy = self.model.policy
+        obs, _ = batch_obs(observations)
+        n = int(self.model.action_space.n)
+        if hasattr(policy, "get_distribution"):
+            obs_t, _ = policy.obs_to_tensor(obs)
+            with torch.no_grad():
+                dist = policy.get_distribution(obs_t)
+                logits = dist.distribution.logits
+            return torch.log_softmax(logits.float(), -1).cpu().numpy()
+        actions, _ = self.model.predict(obs, deterministic=True)
+        out = np.full((len(actions), n), -np.inf, dtype=np.float32)
+        out[np.arange(len(actions)), np.asarray(actions).reshape(-1)] = 0.0
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """``model.save(path)`` (SB3 writes ``path`` + ``.zip``)."""
+        self.model.save(str(path))
+
+    def load(self, path: str | Path, env: Any = None) -> SB3Agent:
+        """Replace the model by the one saved at ``path`` (same algorithm class) and return self.
+
+        :param path: what :meth:`save` wrote.
+        :param env: a vec env to continue on; anything else keeps the current model's vec env
+            (with the wrappers its factory added).
+        """
+        from stable_baselines3.common.vec_env import VecEnv
+
+        logger = getattr(self.model, "_logger", None) if self.model._custom_logger else None
+        # keep the vec env the factory built (Monitor, KL wrapper) unless a vec env is given
+        env = env if isinstance(env, VecEnv) else self.model.get_env()
+        self.model = type(self.model).load(str(path), env=env, device=self.model.device)
+        if logger is not None:
+            self.model.set_logger(logger)
+        return self

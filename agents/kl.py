@@ -1,0 +1,286 @@
+"""Per-token KL penalty to a frozen reference model, for every SB3 algorithm (PPO, A2C, MaskablePPO,
+DQN): a ``VecEnvWrapper`` that shapes the reward, and a callback that logs and adapts it.
+
+At each step the wrapper subtracts ``coef * (log pi(a|s) - log pi_ref(a|s))`` from the reward of
+the action ``a`` taken in observation ``s`` (the per-token KL estimate of Ziegler et al., RL4LMs and
+TRL). ``log pi`` comes from the policy's own rollout forward when it was made on the same
+observation (:meth:`agents.policies.GPT2PolicyMixin.last_logits`), so no second policy forward is
+run; otherwise (DQN's random exploration steps, for example) the wrapper runs the policy's network
+itself, with a KV cache of its own. ``pi`` is the LM head's softmax: unmasked for MaskablePPO, the
+softmax of the Q-values for DQN. The reference is one frozen model shared by all envs (by default a
+copy of the policy's initial LM, made once), with its own KV cache.
+
+The coefficient is fixed, or adaptive with a target KL (the proportional controller of Ziegler et
+al. 2019, as in TRL's ``AdaptiveKLController`` and RL4LMs): after each rollout,
+``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``, ``kl`` being the mean KL
+of the episodes that finished (summed over their tokens).
+
+Usage::
+
+    env = KLPenaltyVecEnv(make_vec_env(...), coef=0.05, target_kl=2.0)
+    model = PPO(GPT2ActorCriticPolicy, env, policy_kwargs={"model": "gpt2"}, learning_rate=1e-5)
+    model.learn(100_000, callback=KLPenaltyCallback())
+
+The callback attaches the policy to the wrapper and logs ``rollout/kl`` (per episode),
+``rollout/kl_per_token``, ``rollout/task_reward`` (per episode, before the penalty) and
+``train/kl_coef``. The task reward also stays in SB3's ``rollout/ep_rew_mean`` when the envs are
+wrapped in ``Monitor`` (``make_vec_env`` does it), since the penalty is applied outside them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.policies import gpt2_network
+
+__all__ = ["AdaptiveKLController", "KLPenaltyCallback", "KLPenaltyVecEnv", "find_kl_wrapper"]
+
+
+class AdaptiveKLController:
+    """KL coefficient: fixed (``target=None``) or adapted towards a target KL per episode.
+
+    :param coef: the initial (or fixed) coefficient.
+    :param target: target KL per episode (sum over its tokens); ``None`` keeps ``coef`` fixed.
+    :param horizon: steps over which the coefficient may change by about 20%.
+    """
+
+    def __init__(self, coef: float = 0.1, target: float | None = None, horizon: int = 10_000):
+        if coef < 0:
+            raise ValueError("coef must be non-negative.")
+        if target is not None and target <= 0:
+            raise ValueError("target KL must be positive.")
+        if horizon <= 0:
+            raise ValueError("horizon must be positive.")
+        self.value = float(coef)
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """Adapt the coefficient after ``n_steps`` env steps with mean episode KL ``current_kl``.
+
+        :return: the new coefficient.
+        """
+        if self.target is not None and np.isfinite(current_kl):
+            error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+class KLPenaltyVecEnv(VecEnvWrapper):
+    """Subtract ``coef * (log pi(a|s) - log pi_ref(a|s))`` from every step's reward.
+
+    :param venv: the vector env (lm-gym envs, usually inside ``Monitor``).
+    :param coef: initial (or fixed) KL coefficient.
+    :param target_kl: target KL per episode for the adaptive coefficient; ``None``: fixed.
+    :param horizon: the adaptive controller's horizon in env steps.
+    :param reference: the frozen reference: ``None`` (a copy of the attached policy's initial LM,
+        made once), a model name/folder/``PreTrainedModel``, or a :class:`GPT2ActorCritic`. Never
+        copied per env.
+    :param stats_window: number of finished episodes kept for the statistics.
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        coef: float = 0.1,
+        target_kl: float | None = None,
+        horizon: int = 10_000,
+        reference: Any = None,
+        stats_window: int = 100,
+    ) -> None:
+        super().__init__(venv)
+        self.controller = AdaptiveKLController(coef, target_kl, horizon)
+        self.reference: GPT2ActorCritic | None = None
+        if reference is not None:
+            self.reference = (
+                reference
+                if isinstance(reference, GPT2ActorCritic)
+                else GPT2ActorCritic(reference, value_head=False)
+            )
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+            self.reference.eval()
+        self.policy: torch.nn.Module | None = None
+        self._ref_cache = RolloutKVCache()
+        self._pi_cache = RolloutKVCache()
+        self._obs: dict[str, np.ndarray] | None = None
+        self._kl = np.zeros(self.num_envs)
+        self._ep_kl = np.zeros(self.num_envs)
+        self._ep_task = np.zeros(self.num_envs)
+        self._ep_len = np.zeros(self.num_envs, dtype=np.int64)
+        self.episode_kl: deque[float] = deque(maxlen=stats_window)
+        self.episode_task_reward: deque[float] = deque(maxlen=stats_window)
+        self.episode_tokens: deque[int] = deque(maxlen=stats_window)
+        self.steps_since_update = 0
+        self.reused_policy_logits = 0
+        self.recomputed_policy_logits = 0
+
+    @property
+    def coef(self) -> float:
+        """The current KL coefficient."""
+        return self.controller.value
+
+    def attach(self, policy: torch.nn.Module) -> None:
+        """Use ``policy`` for ``log pi``; make the reference (a frozen copy of its LM) if none yet.
+
+        :param policy: a policy of :mod:`agents.policies` (or a :class:`GPT2ActorCritic`).
+        """
+        net = gpt2_network(policy)
+        self.policy = policy
+        device = next(net.parameters()).device
+        if self.reference is None:
+            self.reference = net.frozen_lm_copy()
+        self.reference.to(device)
+        if self.reference.vocab_size != net.vocab_size:
+            raise ValueError(
+                f"Reference vocabulary ({self.reference.vocab_size}) differs from the policy's "
+                f"({net.vocab_size})."
+            )
+
+    def reset_policy_cache(self) -> None:
+        """Drop the wrapper's own KV cache of the policy (used when the policy's logits of a step
+        cannot be reused)."""
+        self._pi_cache.reset()
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        self._obs = obs  # type: ignore[assignment]
+        self._ep_kl[:] = 0.0
+        self._ep_task[:] = 0.0
+        self._ep_len[:] = 0
+        return obs
+
+    @torch.no_grad()
+    def token_kl(self, obs: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
+        """``log pi(a|s) - log pi_ref(a|s)`` for each env.
+
+        :param obs: the batch of observations the actions were taken on.
+        :param actions: ``(n_envs,)`` token ids.
+        """
+        if self.policy is None or self.reference is None:
+            raise RuntimeError(
+                "KLPenaltyVecEnv has no policy: pass callback=KLPenaltyCallback() to learn(), or "
+                "call env.attach(model.policy) first."
+            )
+        net = gpt2_network(self.policy)
+        device = next(net.parameters()).device
+        ids = torch.as_tensor(obs["input_ids"], device=device).long()
+        mask = torch.as_tensor(obs["attention_mask"], device=device).long()
+        last = getattr(self.policy, "last_logits", None)
+        logits = last(ids) if last is not None else None
+        if logits is None:
+            self.recomputed_policy_logits += 1
+            logits = net.logits_from_hidden(net.last_hidden(ids, mask, self._pi_cache))
+        else:
+            self.reused_policy_logits += 1
+        ref_logits, _ = self.reference(ids, mask, self._ref_cache)
+        a = torch.as_tensor(np.asarray(actions).reshape(-1), device=device).long().unsqueeze(1)
+        logp = torch.log_softmax(logits.float(), -1).gather(1, a).squeeze(1)
+        logp_ref = torch.log_softmax(ref_logits.float(), -1).gather(1, a).squeeze(1)
+        return (logp - logp_ref).cpu().numpy().astype(np.float64)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        assert self._obs is not None, "reset() must be called before step()"
+        self._kl = self.token_kl(self._obs, actions)
+        self.venv.step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        coef = self.coef
+        self._ep_kl += self._kl
+        self._ep_task += rewards
+        self._ep_len += 1
+        self.steps_since_update += self.num_envs
+        shaped = (rewards - coef * self._kl).astype(np.float32)
+        for i in np.flatnonzero(dones):
+            infos[i]["kl"] = float(self._ep_kl[i])
+            infos[i]["task_reward"] = float(self._ep_task[i])
+            self.episode_kl.append(float(self._ep_kl[i]))
+            self.episode_task_reward.append(float(self._ep_task[i]))
+            self.episode_tokens.append(int(self._ep_len[i]))
+            self._ep_kl[i] = self._ep_task[i] = 0.0
+            self._ep_len[i] = 0
+        self._obs = obs  # type: ignore[assignment]
+        return obs, shaped, dones, infos
+
+    def pop_episode_stats(self) -> dict[str, float]:
+        """Mean KL (per episode and per token) and task reward of the episodes finished since the
+        last call; empty when none finished."""
+        if not self.episode_kl:
+            return {}
+        kl = np.asarray(self.episode_kl)
+        tokens = np.asarray(self.episode_tokens)
+        out = {
+            "kl": float(kl.mean()),
+            "kl_per_token": float(kl.sum() / max(tokens.sum(), 1)),
+            "task_reward": float(np.mean(self.episode_task_reward)),
+            "episodes": float(len(kl)),
+        }
+        self.episode_kl.clear()
+        self.episode_task_reward.clear()
+        self.episode_tokens.clear()
+        return out
+
+    def update_coef(self, episode_kl: float) -> float:
+        """Adapt the coefficient with the mean episode KL since the last update (see
+        :class:`AdaptiveKLController`)."""
+        value = self.controller.update(episode_kl, self.steps_since_update)
+        self.steps_since_update = 0
+        return value
+
+
+def find_kl_wrapper(env: VecEnv | None) -> KLPenaltyVecEnv | None:
+    """The :class:`KLPenaltyVecEnv` in a chain of ``VecEnvWrapper``, if any."""
+    while env is not None:
+        if isinstance(env, KLPenaltyVecEnv):
+            return env
+        env = getattr(env, "venv", None)
+    return None
+
+
+class KLPenaltyCallback(BaseCallback):
+    """Attach the policy to the :class:`KLPenaltyVecEnv`, log KL and task reward, adapt the coef.
+
+    Logs, after every rollout in which episodes finished: ``rollout/kl`` (mean KL per episode),
+    ``rollout/kl_per_token``, ``rollout/task_reward`` and ``train/kl_coef``. The last values are
+    also kept in :attr:`history` (a list of dicts) for tests and plots.
+
+    :param verbose: SB3 verbosity.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.wrapper: KLPenaltyVecEnv | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _on_training_start(self) -> None:
+        self.wrapper = find_kl_wrapper(self.model.get_env())
+        if self.wrapper is None:
+            raise ValueError(
+                "KLPenaltyCallback: the model's env is not wrapped in KLPenaltyVecEnv."
+            )
+        self.wrapper.attach(self.model.policy)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        assert self.wrapper is not None
+        self.wrapper.reset_policy_cache()  # an update follows: the policy's weights will change
+        stats = self.wrapper.pop_episode_stats()
+        if not stats:
+            return
+        stats["kl_coef"] = self.wrapper.update_coef(stats["kl"])
+        self.history.append(stats)
+        self.logger.record("rollout/kl", stats["kl"])
+        self.logger.record("rollout/kl_per_token", stats["kl_per_token"])
+        self.logger.record("rollout/task_reward", stats["task_reward"])
+        self.logger.record("train/kl_coef", stats["kl_coef"])

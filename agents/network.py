@@ -1,0 +1,374 @@
+"""The one GPT-2 actor-critic network of lm-gym, and its KV cache for token-by-token rollouts.
+
+:class:`GPT2ActorCritic` holds a causal LM: its trunk (the transformer) and its LM head (the actor:
+logits over the vocabulary at the last position) plus a small value head on the trunk's last hidden
+state (the critic). Every front end (the SB3 policies in :mod:`agents.policies`, the KL reference in
+:mod:`agents.kl`, the NLPO mask model) is a thin adapter over this class.
+
+Observations are lm-gym windows: token ids right-aligned with padding on the LEFT, so the last
+position is always the newest real token. GPT-2 needs explicit ``position_ids`` for left padding:
+``cumsum(attention_mask) - 1`` clamped at 0.
+
+:class:`RolloutKVCache` keeps one batched ``past_key_values`` (one row per env) across calls. When a
+row's new window is its previous window shifted left by one token (the next step of the same
+episode), only the new token is computed; a row whose window is unchanged reuses its last result;
+any other row (a new episode, a different env order, anything unexpected) is recomputed from
+scratch. The decision is made by comparing the observations themselves, never by counting steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = ["GPT2ActorCritic", "RolloutKVCache", "disable_dropout", "position_ids_from_mask"]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: ``cumsum(mask) - 1`` clamped at 0.
+
+    :param attention_mask: ``(batch, length)``, 1 for real tokens.
+    :return: ``(batch, length)`` long tensor; the first real token is at position 0.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Set every dropout probability of ``module`` to 0 (PPO's ratio needs a deterministic policy).
+
+    The model's config is left as it is, so an exported model keeps its dropout for fine-tuning.
+
+    :param module: any module; its ``nn.Dropout`` layers are set to ``p = 0``.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+class GPT2ActorCritic(nn.Module):
+    """A causal LM as actor (its LM head) and critic (a value head on the same trunk).
+
+    One trunk is shared by actor and critic. Logits are computed for the last position only, so a
+    step costs one ``hidden x vocabulary`` product per row, however long the window.
+
+    :param model: a name or folder for :func:`lm_gym.models.load_causal_lm` (``"gpt2"``: offline,
+        the built-in tiny GPT-2 with a warning), or a ``PreTrainedModel`` object (used as is, not
+        copied).
+    :param value_head: whether to build the value head (the DQN Q-network and the KL reference
+        have none).
+    :param value_hidden: width of the value head's hidden layer; 0 for a single linear layer.
+    :param bf16: run the trunk under ``torch.autocast(bfloat16)`` when on CUDA (logits and values
+        are returned in float32). Ignored on CPU.
+    :param dropout: keep the model's dropout; by default it is switched off, because PPO compares
+        log-probabilities of the same policy in rollout (eval mode) and update (train mode).
+    :param attn_implementation: switch the model's attention (``"eager"``, ``"sdpa"``, ...);
+        ``None`` keeps it. sb3-contrib's TRPO needs ``"eager"`` (second derivatives).
+    :param load_kwargs: passed to :func:`lm_gym.models.load_causal_lm` when ``model`` is a name.
+    :raises ValueError: the name cannot be resolved, or the model has no output embeddings.
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel = "gpt2",
+        *,
+        value_head: bool = True,
+        value_hidden: int = 0,
+        bf16: bool = False,
+        dropout: bool = False,
+        attn_implementation: str | None = None,
+        load_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, str):
+            from lm_gym.models import load_causal_lm
+
+            model = load_causal_lm(model, **(load_kwargs or {}))
+        if not isinstance(model, nn.Module) or not hasattr(model, "get_output_embeddings"):
+            raise ValueError(
+                f"model must be a causal LM name, folder or PreTrainedModel, got {type(model)!r}."
+            )
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"{type(model).__name__} has no LM head (output embeddings).")
+        if not dropout:
+            disable_dropout(model)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        self.lm = model
+        self.bf16 = bool(bf16)
+        hidden = int(model.config.get_text_config().hidden_size)
+        self.hidden_size = hidden
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.value_head: nn.Module | None = None
+        if value_head:
+            if value_hidden > 0:
+                self.value_head = nn.Sequential(
+                    nn.Linear(hidden, value_hidden), nn.Tanh(), nn.Linear(value_hidden, 1)
+                )
+            else:
+                self.value_head = nn.Linear(hidden, 1)
+            for m in self.value_head.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=1.0 / hidden**0.5 if m.out_features > 1 else 0.01)
+                    nn.init.zeros_(m.bias)
+
+    # -- parts ------------------------------------------------------------------------------------
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The transformer without its LM head (``model.base_model``)."""
+        return self.lm.base_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The LM head: hidden state to vocabulary logits (the actor)."""
+        return self.lm.get_output_embeddings()
+
+    def param_version(self) -> int:
+        """A counter that changes whenever a parameter is modified in place (optimizer steps,
+        ``load_state_dict``): caches compare it to know their keys and values are stale.
+
+        Writes through ``.data`` and fused optimizers (``Adam(fused=True)``) do not move it: the
+        policies also drop their caches when SB3 switches them to training mode."""
+        return sum(p._version for p in self.parameters()) + id(next(self.parameters()))
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.bf16 and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- forward passes ---------------------------------------------------------------------------
+
+    def run_trunk(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """The trunk's last hidden states (after the final layer norm).
+
+        :param input_ids: ``(batch, new)`` ids (the window, or only new tokens with a cache).
+        :param attention_mask: ``(batch, past + new)``.
+        :param position_ids: ``(batch, new)``; default from ``attention_mask`` (no cache only).
+        :param past_key_values: a ``transformers`` cache, or ``None``.
+        :param use_cache: return the updated cache.
+        :return: hidden states ``(batch, new, hidden)`` and the cache (``None`` unless asked).
+        """
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1] :]
+        with self._autocast(input_ids.device):
+            out = self.trunk(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
+        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (float32) from hidden states of any leading shape."""
+        with self._autocast(hidden.device):
+            logits = self.lm_head(hidden)
+        return logits.float()
+
+    def value_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Values (float32, trailing dimension dropped) from hidden states of any leading shape.
+
+        :raises RuntimeError: the network was built without a value head.
+        """
+        if self.value_head is None:
+            raise RuntimeError("This network has no value head (value_head=False).")
+        return self.value_head(hidden.float()).squeeze(-1)
+
+    def last_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: RolloutKVCache | None = None,
+    ) -> torch.Tensor:
+        """The hidden state at the last position of each window (the newest real token).
+
+        :param input_ids: ``(batch, length)`` ids, any integer or float dtype (cast to long).
+        :param attention_mask: ``(batch, length)``.
+        :param cache: a :class:`RolloutKVCache` to reuse (no-grad calls only); ``None`` recomputes.
+        :return: ``(batch, hidden)``.
+        """
+        input_ids = input_ids.long()
+        attention_mask = attention_mask.long()
+        if cache is not None and not torch.is_grad_enabled():
+            return cache.last_hidden(self, input_ids, attention_mask)
+        hidden, _ = self.run_trunk(input_ids, attention_mask)
+        return hidden[:, -1]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: RolloutKVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits at the last position and values.
+
+        :param input_ids: ``(batch, length)``.
+        :param attention_mask: ``(batch, length)``.
+        :param cache: see :meth:`last_hidden`.
+        :return: logits ``(batch, vocab)`` and values ``(batch,)`` (``None`` without value head).
+        """
+        h = self.last_hidden(input_ids, attention_mask, cache)
+        values = self.value_from_hidden(h) if self.value_head is not None else None
+        return self.logits_from_hidden(h), values
+
+    def frozen_lm_copy(self) -> GPT2ActorCritic:
+        """A frozen copy of the LM (trunk and head, no value head): a KL reference or mask model."""
+        lm = copy.deepcopy(self.lm)
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        net = GPT2ActorCritic(lm.eval(), value_head=False, bf16=self.bf16, dropout=True)
+        return net.eval()
+
+
+class RolloutKVCache:
+    """Per-env ``past_key_values`` kept across rollout steps (one batched cache, one row per env).
+
+    The cache always spans the full observation window (``length`` positions), so rows that continue
+    and rows that restart line up. For a row whose window ``w'`` equals its previous window ``w``
+    shifted left by one (``w'[:-1] == w[1:]``, with ``w[0]`` padding and ``w'[-1]`` a real token),
+    the key/values of ``w[1:]`` are kept and only the new token is computed (one position). A row
+    whose window is unchanged reuses its last hidden state. Any other row is recomputed from
+    scratch. The whole cache is dropped when the batch shape changes or the network's parameters
+    change (see :meth:`GPT2ActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
+    """
+
+    def __init__(self) -> None:
+        self.input_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.hidden: torch.Tensor | None = None
+        self.version: int | None = None
+        #: counts of rows served from the cache, one token, and full recomputes (for tests/stats)
+        self.stats = {"reused": 0, "incremental": 0, "full": 0}
+
+    def reset(self) -> None:
+        """Forget everything (the next call recomputes every row)."""
+        self.input_ids = self.attention_mask = self.hidden = None
+        self.layers = []
+        self.version = None
+
+    def _valid_for(self, net: GPT2ActorCritic, ids: torch.Tensor) -> bool:
+        return (
+            self.input_ids is not None
+            and self.input_ids.shape == ids.shape
+            and self.input_ids.device == ids.device
+            and self.version == net.param_version()
+        )
+
+    @staticmethod
+    def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers)
+
+    @staticmethod
+    def _layers_of(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if hasattr(cache, "layers"):
+            return [(layer.keys, layer.values) for layer in cache.layers]
+        return [(k, v) for k, v in cache]  # legacy tuple-of-tuples caches
+
+    def last_hidden(
+        self, net: GPT2ActorCritic, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The last-position hidden states of ``ids``, computed with the cache where possible.
+
+        :param net: the network that owns this cache's keys and values.
+        :param ids: ``(batch, length)`` long ids.
+        :param mask: ``(batch, length)`` long attention mask.
+        :return: ``(batch, hidden)``.
+        """
+        batch = ids.shape[0]
+        full = torch.ones(batch, dtype=torch.bool, device=ids.device)
+        same = torch.zeros_like(full)
+        step = torch.zeros_like(full)
+        if self._valid_for(net, ids):
+            assert self.input_ids is not None and self.attention_mask is not None
+            pid, pmask = self.input_ids, self.attention_mask
+            same = (ids == pid).all(1) & (mask == pmask).all(1)
+            step = (
+                (ids[:, :-1] == pid[:, 1:]).all(1)
+                & (mask[:, :-1] == pmask[:, 1:]).all(1)
+                & (pmask[:, 0] == 0)
+                & (mask[:, -1] == 1)
+                & ~same
+            )
+            full = ~(same | step)
+        n_same, n_step, n_full = int(same.sum()), int(step.sum()), int(full.sum())
+        self.stats["reused"] += n_same
+        self.stats["incremental"] += n_step
+        self.stats["full"] += n_full
+
+        parts: list[tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        if n_same:
+            idx = same.nonzero().squeeze(1)
+            assert self.hidden is not None
+            parts.append((idx, self.hidden[idx], [(k[idx], v[idx]) for k, v in self.layers]))
+        if n_step:
+            idx = step.nonzero().squeeze(1)
+            old = self.layers
+            if n_step < batch:
+                old = [(k[idx], v[idx]) for k, v in old]
+            past = self._cache_from([(k[:, :, 1:], v[:, :, 1:]) for k, v in old])
+            m = mask[idx] if n_step < batch else mask
+            pos = (m.sum(1, keepdim=True) - 1).clamp(min=0)
+            hidden, cache = net.run_trunk(
+                (ids[idx] if n_step < batch else ids)[:, -1:],
+                m,
+                position_ids=pos,
+                past_key_values=past,
+                use_cache=True,
+            )
+            parts.append((idx, hidden[:, -1], self._layers_of(cache)))
+        if n_full:
+            idx = full.nonzero().squeeze(1)
+            sub_ids = ids[idx] if n_full < batch else ids
+            sub_mask = mask[idx] if n_full < batch else mask
+            hidden, cache = net.run_trunk(sub_ids, sub_mask, use_cache=True)
+            parts.append((idx, hidden[:, -1], self._layers_of(cache)))
+
+        if len(parts) == 1:
+            _, out, layers = parts[0]
+        else:
+            out = torch.empty(
+                batch, parts[0][1].shape[-1], dtype=parts[0][1].dtype, device=ids.device
+            )
+            layers = [
+                (
+                    torch.empty((batch, *k.shape[1:]), dtype=k.dtype, device=k.device),
+                    torch.empty((batch, *v.shape[1:]), dtype=v.dtype, device=v.device),
+                )
+                for k, v in parts[0][2]
+            ]
+            for idx, h, part_layers in parts:
+                out[idx] = h
+                for (k_all, v_all), (k, v) in zip(layers, part_layers):
+                    k_all[idx] = k
+                    v_all[idx] = v
+        self.input_ids, self.attention_mask = ids.clone(), mask.clone()
+        self.hidden, self.layers = out, layers
+        self.version = net.param_version()
+        return out
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.layers)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self)

@@ -1,0 +1,723 @@
+"""Stable-baselines3 policies backed by a GPT-2 (any causal LM): thin adapters over one network.
+
+* :class:`GPT2ActorCriticPolicy` for ``PPO``, ``A2C`` (and sb3-contrib ``TRPO``): the actor is the
+  LM head (a categorical distribution over the vocabulary), the critic a value head on the same
+  trunk's last hidden state.
+* :class:`MaskableGPT2ActorCriticPolicy` for sb3-contrib ``MaskablePPO``, with NLPO masking (the
+  top-p tokens of a lagged copy of the policy, see :mod:`agents.nlpo`).
+* :class:`GPT2DQNPolicy` for ``DQN``: Q(x, v) over the vocabulary is the LM head's output.
+
+All share :class:`agents.network.GPT2ActorCritic` (one trunk; logits for the last position only)
+and its :class:`~agents.network.RolloutKVCache`: in no-grad calls in eval mode (SB3's rollouts and
+``predict``) each env's keys and values are kept across steps and only the new token is computed.
+Training-time calls (``evaluate_actions``, TRPO's and DQN's losses: SB3 puts the policy in
+training mode for them) run the full window.
+
+``policy_kwargs``:
+
+* ``model``: causal LM name or folder (default ``"gpt2"``; offline, the built-in tiny GPT-2 with a
+  warning), or a ``PreTrainedModel``.
+* ``value_hidden`` (0: linear value head), ``bf16`` (autocast on CUDA), ``kv_cache`` (True),
+  ``dropout`` (False: dropout off, so PPO's ratio starts at 1), ``device`` (a strict device
+  request: ``"cuda"`` raises when CUDA is missing, see :func:`strict_device`),
+  ``attn_implementation`` (``"eager"`` for sb3-contrib's TRPO, which takes second derivatives).
+* ``ortho_init`` is forced to ``False``: SB3's orthogonal init would wipe GPT-2's tied LM head and
+  token embedding.
+
+Learning rate: SB3's default 3e-4 is far too high for a pretrained LM; use 1e-6 to 1e-5 for a real
+GPT-2 (RL4LMs and TRL use about 1e-6 to 1.4e-5). A randomly initialised tiny GPT-2 (tests, CPU
+examples) learns with 1e-3 to 3e-3.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.dqn.policies import DQNPolicy
+from torch import nn
+
+from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.nlpo import TopPMasker
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = [
+    "RECOMMENDED_LR_PRETRAINED",
+    "RECOMMENDED_LR_TINY",
+    "GPT2ActorCriticPolicy",
+    "GPT2DQNPolicy",
+    "GPT2PolicyMixin",
+    "GPT2QNetwork",
+    "MaskableGPT2ActorCriticPolicy",
+    "check_lm_spaces",
+    "gpt2_network",
+    "strict_device",
+]
+
+#: Learning rate for fine-tuning a pretrained GPT-2 with these policies (SB3's 3e-4 is too high).
+RECOMMENDED_LR_PRETRAINED = 1e-5
+#: Learning rate for the randomly initialised built-in tiny GPT-2 (tests, CPU examples).
+RECOMMENDED_LR_TINY = 1e-3
+
+
+def strict_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve a device like SB3's ``get_device``, but never fall back silently to the CPU.
+
+    :param device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+        or a ``torch.device``.
+    :return: the device.
+    :raises RuntimeError: CUDA was asked for explicitly and is not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
+        )
+    return dev
+
+
+def check_lm_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> int:
+    """Check that the spaces are an lm-gym env's: ``Dict(input_ids, attention_mask)`` and ``Discrete``.
+
+    :param observation_space: the env's observation space.
+    :param action_space: the env's action space.
+    :return: the window length.
+    :raises ValueError: with what was expected and what was found.
+    """
+    expected = (
+        "an lm_gym observation space Dict(input_ids=Box(0, V-1, (L,)), attention_mask=Box(0, 1, "
+        "(L,))), as lm_gym.envs.TextEnv produces"
+    )
+    if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
+        "input_ids",
+        "attention_mask",
+    }:
+        raise ValueError(f"GPT-2 policies need {expected}; got {observation_space}.")
+    ids, mask = observation_space["input_ids"], observation_space["attention_mask"]
+    if not (isinstance(ids, spaces.Box) and isinstance(mask, spaces.Box)):
+        raise ValueError(f"GPT-2 policies need {expected}; got {observation_space}.")
+    if len(ids.shape) != 1 or ids.shape != mask.shape:
+        raise ValueError(
+            f"GPT-2 policies need 1-D input_ids and attention_mask of the same length; got "
+            f"{ids.shape} and {mask.shape}."
+        )
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"GPT-2 policies need a Discrete(vocab) action space; got {action_space}.")
+    return int(ids.shape[0])
+
+
+def _check_model_fits(net: GPT2ActorCritic, action_space: spaces.Discrete, window: int) -> None:
+    n = int(action_space.n)
+    if net.vocab_size != n:
+        raise ValueError(
+            f"The model's vocabulary ({net.vocab_size} tokens) does not match the env's action "
+            f"space Discrete({n}): use the env's tokenizer's model (lm_gym envs take tokenizer=...)."
+        )
+    max_pos = getattr(net.lm.config.get_text_config(), "max_position_embeddings", None)
+    if max_pos is not None and window > max_pos:
+        raise ValueError(
+            f"The observation window ({window} tokens) is longer than the model's context "
+            f"({max_pos}): lower max_prompt_tokens + max_new_tokens."
+        )
+
+
+def _split_obs(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and mask as long tensors (SB3 hands Box observations over as float32: exact < 2^24)."""
+    if not isinstance(obs, dict):
+        raise TypeError(
+            "GPT-2 policies take dict observations {'input_ids', 'attention_mask'}, "
+            f"got {type(obs).__name__}."
+        )
+    return obs["input_ids"].long(), obs["attention_mask"].long()
+
+
+def _strict_to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+    """``nn.Module.to`` that refuses to leave the device required by ``module._required_device``."""
+    target = torch._C._nn._parse_to(*args, **kwargs)[0]
+    required = getattr(module, "_required_device", None)
+    if target is not None and required is not None and target.type != required.type:
+        raise RuntimeError(
+            f"The policy was built for device {required} (policy_kwargs['device']) but is being "
+            f"moved to {target}: pass the same device to the algorithm (device=...); SB3 falls "
+            "back to the CPU silently when CUDA is missing."
+        )
+    return nn.Module.to(module, *args, **kwargs)
+
+
+def gpt2_network(policy: nn.Module) -> GPT2ActorCritic:
+    """The :class:`GPT2ActorCritic` inside any policy of this module (DQN: the online Q-network).
+
+    :param policy: a policy of this module, or a network itself.
+    :raises TypeError: no GPT-2 network inside.
+    """
+    if isinstance(policy, GPT2ActorCritic):
+        return policy
+    if isinstance(policy, GPT2DQNPolicy):
+        return policy.q_net.net
+    net = getattr(policy, "net", None)
+    if isinstance(net, GPT2ActorCritic):
+        return net
+    raise TypeError(f"{type(policy).__name__} holds no GPT2ActorCritic network.")
+
+
+class _LastLogits:
+    """The logits of the last no-grad rollout call, kept so that a KL penalty can reuse them."""
+
+    def __init__(self) -> None:
+        self.input_ids: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def store(self, ids: torch.Tensor, logits: torch.Tensor) -> None:
+        self.input_ids, self.logits = ids, logits
+
+    def get(self, ids: torch.Tensor) -> torch.Tensor | None:
+        if (
+            self.input_ids is None
+            or self.logits is None
+            or self.input_ids.shape != ids.shape
+            or self.input_ids.device != ids.device
+            or not torch.equal(self.input_ids, ids.long())
+        ):
+            return None
+        return self.logits
+
+
+class GPT2PolicyMixin:
+    """The GPT-2 parts shared by the actor-critic policies (SB3's and sb3-contrib's base classes
+    differ, so they are shared through this mixin rather than a common base class).
+
+    Subclasses call :meth:`_init_gpt2` before their SB3 base ``__init__`` and :meth:`_build_gpt2` in
+    ``_build``.
+    """
+
+    net: GPT2ActorCritic
+    optimizer: torch.optim.Optimizer
+
+    def _init_gpt2(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        model: str | PreTrainedModel,
+        value_hidden: int,
+        bf16: bool,
+        kv_cache: bool,
+        dropout: bool,
+        device: str | None,
+        ortho_init: bool,
+        attn_implementation: str | None = None,
+    ) -> None:
+        self._window = check_lm_spaces(observation_space, action_space)
+        if ortho_init:
+            warnings.warn(
+                "ortho_init=True is ignored by GPT-2 policies: SB3's orthogonal init would wipe the "
+                "pretrained LM head and (tied) token embedding.",
+                stacklevel=3,
+            )
+        self._required_device = strict_device(device) if device is not None else None
+        if bf16 and not torch.cuda.is_available():
+            warnings.warn(
+                "bf16=True applies on CUDA only; running in float32 on CPU.", stacklevel=3
+            )
+        self._gpt2_kwargs: dict[str, Any] = {
+            "model": model,
+            "value_hidden": value_hidden,
+            "bf16": bf16,
+            "kv_cache": kv_cache,
+            "dropout": dropout,
+            "device": device,
+            "attn_implementation": attn_implementation,
+        }
+        self.kv_cache = RolloutKVCache() if kv_cache else None
+        self._last_logits = _LastLogits()
+
+    def _build_gpt2(self, lr_schedule: Schedule, value_head: bool = True) -> None:
+        kw = self._gpt2_kwargs
+        self.net = GPT2ActorCritic(
+            kw["model"],
+            value_head=value_head,
+            value_hidden=kw["value_hidden"],
+            bf16=kw["bf16"],
+            dropout=kw["dropout"],
+            attn_implementation=kw["attn_implementation"],
+        )
+        _check_model_fits(self.net, self.action_space, self._window)  # type: ignore[attr-defined]
+        self._build_extra()  # before the optimizer: frozen parts stay out of it
+        params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+        self.optimizer = self.optimizer_class(  # type: ignore[attr-defined]
+            params,
+            lr=lr_schedule(1),
+            **self.optimizer_kwargs,  # type: ignore[attr-defined]
+        )
+
+    def _build_extra(self) -> None:
+        """Hook: build further modules after the network, before the optimizer."""
+
+    def _gpt2_constructor_parameters(self, data: dict[str, Any]) -> dict[str, Any]:
+        for key in ("net_arch", "activation_fn", "use_sde", "log_std_init", "full_std"):
+            data.pop(key, None)
+        for key in ("use_expln", "squash_output", "share_features_extractor"):
+            data.pop(key, None)
+        data.update(self._gpt2_kwargs)
+        data["ortho_init"] = False
+        return data
+
+    # -- device -----------------------------------------------------------------------------------
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.to``, refusing to leave a device asked for with ``policy_kwargs["device"]``.
+
+        SB3's algorithms fall back silently to the CPU when ``device="cuda"`` is not available; a
+        policy built with ``device="cuda"`` raises instead.
+        """
+        return _strict_to(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    # -- forward helpers --------------------------------------------------------------------------
+
+    def _outputs(
+        self, obs: PyTorchObs, *, with_value: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Ids, logits (batch, vocab) and values (batch, 1); KV-cached in no-grad eval-mode calls."""
+        ids, mask = _split_obs(obs)
+        rollout = not torch.is_grad_enabled() and not self.training
+        cache = self.kv_cache if rollout else None
+        h = self.net.last_hidden(ids, mask, cache)
+        logits = self.net.logits_from_hidden(h)
+        if rollout:
+            self._last_logits.store(ids, logits)
+        values = self.net.value_from_hidden(h).unsqueeze(-1) if with_value else None
+        return ids, logits, values
+
+    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The LM-head logits of the last rollout call if it was made on exactly ``input_ids``.
+
+        Lets a KL penalty reuse the policy's forward instead of running a second one.
+
+        :param input_ids: ``(batch, length)`` ids the caller's actions were taken on.
+        :return: ``(batch, vocab)`` float32 logits (unmasked), or ``None``.
+        """
+        return self._last_logits.get(input_ids)
+
+    def reset_kv_cache(self) -> None:
+        """Drop the rollout KV cache (it also resets itself when parameters change)."""
+        if self.kv_cache is not None:
+            self.kv_cache.reset()
+
+    def set_training_mode(self, mode: bool) -> None:
+        """SB3's train/eval switch; entering training also drops the rollout KV cache.
+
+        :param mode: True for training mode.
+        """
+        super().set_training_mode(mode)  # type: ignore[misc]
+        if mode:
+            self.reset_kv_cache()
+
+
+class GPT2ActorCriticPolicy(GPT2PolicyMixin, ActorCriticPolicy):
+    """Actor-critic policy for ``PPO`` / ``A2C`` (and sb3-contrib ``TRPO``) with a GPT-2 head.
+
+    :param observation_space: an lm-gym ``Dict(input_ids, attention_mask)`` space.
+    :param action_space: ``Discrete(V)``, V the model's vocabulary.
+    :param lr_schedule: SB3's learning-rate schedule.
+    :param model: causal LM name, folder or object (default ``"gpt2"``; offline: tiny GPT-2).
+    :param value_hidden: hidden width of the value head; 0 for a linear head.
+    :param bf16: bfloat16 autocast of the trunk on CUDA.
+    :param kv_cache: keep per-env KV caches across rollout steps.
+    :param dropout: keep the model's dropout (off by default).
+    :param device: optional strict device request (``"cuda"`` raises without CUDA).
+    :param attn_implementation: the model's attention (``"eager"`` for sb3-contrib's TRPO, which
+        takes second derivatives); ``None`` keeps the model's (SDPA).
+    :param ortho_init: ignored (forced ``False``, with a warning when ``True``).
+    :param optimizer_class: optimizer (default Adam, eps 1e-5 as SB3).
+    :param optimizer_kwargs: optimizer keyword arguments.
+    :param kwargs: other :class:`ActorCriticPolicy` arguments (``net_arch``, ``activation_fn``
+        and the feature extractor are not used).
+    :raises ValueError: wrong observation/action space, vocabulary mismatch, unknown model.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: str | PreTrainedModel = "gpt2",
+        value_hidden: int = 0,
+        bf16: bool = False,
+        kv_cache: bool = True,
+        dropout: bool = False,
+        device: str | None = None,
+        attn_implementation: str | None = None,
+        ortho_init: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("use_sde"):
+            raise ValueError("use_sde does not apply to a categorical (token) policy.")
+        self._init_gpt2(
+            observation_space,
+            action_space,
+            model,
+            value_hidden,
+            bf16,
+            kv_cache,
+            dropout,
+            device,
+            ortho_init,
+            attn_implementation,
+        )
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            ortho_init=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            **kwargs,
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self._build_gpt2(lr_schedule)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return self._gpt2_constructor_parameters(super()._get_constructor_parameters())
+
+    def forward(
+        self, obs: PyTorchObs, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions, values ``(batch, 1)`` and log-probabilities (KV-cached under no-grad)."""
+        _, logits, values = self._outputs(obs)
+        dist = self.action_dist.proba_distribution(action_logits=logits)
+        actions = dist.get_actions(deterministic=deterministic)
+        assert values is not None
+        return actions, values, dist.log_prob(actions)
+
+    def evaluate_actions(
+        self, obs: PyTorchObs, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Values, log-probabilities and entropy for training (full forward, no cache)."""
+        _, logits, values = self._outputs(obs)
+        dist = self.action_dist.proba_distribution(action_logits=logits)
+        assert values is not None
+        return values, dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs: PyTorchObs) -> Distribution:
+        """The categorical distribution over the vocabulary."""
+        _, logits, _ = self._outputs(obs, with_value=False)
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        """Values ``(batch, 1)``."""
+        _, _, values = self._outputs(obs)
+        assert values is not None
+        return values
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
+        return self.get_distribution(observation).get_actions(deterministic=deterministic)
+
+
+class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
+    """GPT-2 actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
+
+    When no ``action_masks`` are passed (``MaskablePPO.learn(use_masking=False)``, or the
+    update with :class:`agents.nlpo.NLPORolloutBuffer`, which stores none), the valid
+    actions are the top-p tokens of a lagged, frozen copy of the policy's LM (``masker``),
+    computed from the observation: the same function in rollout and update, so nothing of
+    vocabulary size is stored. Refresh the lagged copy with
+    :class:`agents.nlpo.NLPOMaskUpdateCallback` or :meth:`refresh_mask_model`. Masks given
+    explicitly (by an env with ``action_masks()``) are used instead.
+
+    :param nlpo_top_p: top-p of the NLPO mask; ``None`` switches internal masking off.
+    :param kwargs: as :class:`GPT2ActorCriticPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: str | PreTrainedModel = "gpt2",
+        value_hidden: int = 0,
+        bf16: bool = False,
+        kv_cache: bool = True,
+        dropout: bool = False,
+        device: str | None = None,
+        attn_implementation: str | None = None,
+        nlpo_top_p: float | None = 0.9,
+        ortho_init: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if nlpo_top_p is not None and not 0.0 < nlpo_top_p <= 1.0:
+            raise ValueError(f"nlpo_top_p must be in (0, 1], got {nlpo_top_p}.")
+        self._init_gpt2(
+            observation_space,
+            action_space,
+            model,
+            value_hidden,
+            bf16,
+            kv_cache,
+            dropout,
+            device,
+            ortho_init,
+            attn_implementation,
+        )
+        self._gpt2_kwargs["nlpo_top_p"] = nlpo_top_p
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            ortho_init=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            **kwargs,
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self._build_gpt2(lr_schedule)
+
+    def _build_extra(self) -> None:
+        top_p = self._gpt2_kwargs["nlpo_top_p"]
+        self.masker = TopPMasker(self.net.frozen_lm_copy(), top_p) if top_p is not None else None
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return self._gpt2_constructor_parameters(super()._get_constructor_parameters())
+
+    def refresh_mask_model(self) -> None:
+        """Copy the current policy LM into the lagged NLPO mask model."""
+        if self.masker is not None:
+            self.masker.refresh_from(self.net)
+
+    def _masks(
+        self,
+        ids: torch.Tensor,
+        obs: PyTorchObs,
+        action_masks: np.ndarray | torch.Tensor | None,
+        actions: torch.Tensor | None = None,
+    ) -> np.ndarray | torch.Tensor | None:
+        if action_masks is not None or self.masker is None:
+            return action_masks
+        _, mask = _split_obs(obs)
+        rollout = not torch.is_grad_enabled() and not self.training
+        with torch.no_grad():
+            masks = self.masker(ids, mask, use_cache=rollout)
+        if actions is not None:
+            # The taken action was valid at rollout time; float noise between the cached and
+            # the batched forward must not make it invalid at the top-p boundary.
+            masks[torch.arange(len(masks), device=masks.device), actions.long().flatten()] = True
+        return masks
+
+    def _dist(
+        self,
+        logits: torch.Tensor,
+        masks: np.ndarray | torch.Tensor | None,
+    ) -> MaskableDistribution:
+        dist = self.action_dist.proba_distribution(action_logits=logits)
+        if masks is not None:
+            dist.apply_masking(masks)
+        return dist
+
+    def forward(
+        self,
+        obs: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions, values and log-probabilities under the (NLPO or given) mask."""
+        ids, logits, values = self._outputs(obs)
+        dist = self._dist(logits, self._masks(ids, obs, action_masks))
+        actions = dist.get_actions(deterministic=deterministic)
+        assert values is not None
+        return actions, values, dist.log_prob(actions)
+
+    def evaluate_actions(
+        self,
+        obs: PyTorchObs,
+        actions: torch.Tensor,
+        action_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Values, log-probabilities and entropy (full forward; NLPO mask recomputed)."""
+        ids, logits, values = self._outputs(obs)
+        dist = self._dist(logits, self._masks(ids, obs, action_masks, actions))
+        assert values is not None
+        return values, dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(
+        self, obs: PyTorchObs, action_masks: np.ndarray | None = None
+    ) -> MaskableDistribution:
+        """The masked categorical distribution over the vocabulary."""
+        ids, logits, _ = self._outputs(obs, with_value=False)
+        return self._dist(logits, self._masks(ids, obs, action_masks))
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        """Values ``(batch, 1)``."""
+        _, _, values = self._outputs(obs)
+        assert values is not None
+        return values
+
+    def _predict(  # type: ignore[override]
+        self,
+        observation: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        dist = self.get_distribution(observation, action_masks)
+        return dist.get_actions(deterministic=deterministic)
+
+    def set_training_mode(self, mode: bool) -> None:
+        """As :meth:`GPT2PolicyMixin.set_training_mode`; the mask model stays in eval mode."""
+        super().set_training_mode(mode)
+        if self.masker is not None:
+            self.masker.eval()
+
+
+class GPT2QNetwork(BasePolicy):
+    """Q(x, v) for every token v: the GPT-2 LM head's logits at the last position.
+
+    :param observation_space: an lm-gym observation space.
+    :param action_space: ``Discrete(V)``.
+    :param net: the network (built without value head).
+    :param kv_cache: keep per-env KV caches in ``_predict`` (rollouts).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        net: GPT2ActorCritic,
+        kv_cache: bool = True,
+    ) -> None:
+        super().__init__(observation_space, action_space)
+        self.net = net
+        self.kv_cache = RolloutKVCache() if kv_cache else None
+        self._last_logits = _LastLogits()
+
+    def forward(self, obs: PyTorchObs) -> torch.Tensor:
+        """Q-values ``(batch, vocab)`` (full forward: replay batches)."""
+        ids, mask = _split_obs(obs)
+        return self.net.logits_from_hidden(self.net.last_hidden(ids, mask))
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> torch.Tensor:
+        ids, mask = _split_obs(observation)
+        with torch.no_grad():
+            q = self.net.logits_from_hidden(self.net.last_hidden(ids, mask, self.kv_cache))
+        self._last_logits.store(ids, q)
+        return q.argmax(dim=1).reshape(-1)
+
+    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """See :meth:`GPT2PolicyMixin.last_logits` (Q-values read as logits)."""
+        return self._last_logits.get(input_ids)
+
+    def set_training_mode(self, mode: bool) -> None:
+        """Train/eval switch; training drops the KV cache."""
+        super().set_training_mode(mode)
+        if mode and self.kv_cache is not None:
+            self.kv_cache.reset()
+
+
+class GPT2DQNPolicy(DQNPolicy):
+    """DQN policy whose Q-network is a GPT-2: Q(x, v) over the vocabulary = LM-head outputs.
+
+    As in every DQN, the target network ``q_net_target`` is a second, full copy of the network
+    (made once by deep copy, then updated by SB3's Polyak/hard updates): it doubles the model's
+    memory. Greedy actions are ``argmax_v Q(x, v)``; exploration is SB3's epsilon-greedy over the
+    whole vocabulary.
+
+    :param observation_space: an lm-gym observation space.
+    :param action_space: ``Discrete(V)``.
+    :param lr_schedule: learning-rate schedule.
+    :param model: causal LM name, folder or object (default ``"gpt2"``).
+    :param bf16: bfloat16 autocast of the trunk on CUDA.
+    :param kv_cache: per-env KV caches in rollouts.
+    :param dropout: keep the model's dropout (off by default).
+    :param device: strict device request.
+    :param optimizer_class: optimizer (default Adam).
+    :param optimizer_kwargs: optimizer keyword arguments.
+    :param kwargs: other :class:`DQNPolicy` arguments (``net_arch`` etc. are not used).
+    """
+
+    q_net: GPT2QNetwork  # type: ignore[assignment]
+    q_net_target: GPT2QNetwork  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        model: str | PreTrainedModel = "gpt2",
+        bf16: bool = False,
+        kv_cache: bool = True,
+        dropout: bool = False,
+        device: str | None = None,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._window = check_lm_spaces(observation_space, action_space)
+        self._required_device = strict_device(device) if device is not None else None
+        self._gpt2_kwargs: dict[str, Any] = {
+            "model": model,
+            "bf16": bf16,
+            "kv_cache": kv_cache,
+            "dropout": dropout,
+            "device": device,
+        }
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            **kwargs,
+        )
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        kw = self._gpt2_kwargs
+        net = GPT2ActorCritic(kw["model"], value_head=False, bf16=kw["bf16"], dropout=kw["dropout"])
+        _check_model_fits(net, self.action_space, self._window)  # type: ignore[arg-type]
+        target = GPT2ActorCritic(
+            net.frozen_lm_copy().lm, value_head=False, bf16=kw["bf16"], dropout=True
+        )
+        for p in target.parameters():
+            p.requires_grad_(True)  # Polyak updates write into it; never in the optimizer
+        self.q_net = GPT2QNetwork(self.observation_space, self.action_space, net, kw["kv_cache"])
+        self.q_net_target = GPT2QNetwork(
+            self.observation_space, self.action_space, target, kv_cache=False
+        )
+        self.q_net_target.set_training_mode(False)
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.q_net.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("net_arch", "activation_fn"):
+            data.pop(key, None)
+        data.update(self._gpt2_kwargs)
+        return data
+
+    @property
+    def net(self) -> GPT2ActorCritic:
+        """The online Q-network's GPT-2."""
+        return self.q_net.net
+
+    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """See :meth:`GPT2PolicyMixin.last_logits`."""
+        return self.q_net.last_logits(input_ids)
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.to`` with the strict device check of :meth:`GPT2PolicyMixin.to`."""
+        return _strict_to(self, *args, **kwargs)

@@ -1,0 +1,293 @@
+"""The agent registry: names to factories, and third-party agents discovered through entry points.
+
+Every agent of the zoo (see :mod:`agents.zoo`) and every plug-in is a *factory*: a callable
+``factory(env, **kwargs)`` that returns an object meeting the :class:`agents.base.Agent` protocol
+(``learn``, ``predict``, ``save``, ``load``)::
+
+    from agents import make_agent, list_agents, register_agent
+
+    list_agents()                      # ['a2c', 'beam', 'dqn', 'greedy', ...]
+    agent = make_agent("ppo", "LMCountUp-v0", model="tiny-gpt2", learning_rate=1e-4)
+    agent.learn(2048)
+
+Third-party packages join without any import on the user's side: declare an entry point in the
+group ``lm_gym.agents`` whose name is the agent name and whose object is the factory::
+
+    # setup.cfg of the plug-in
+    [options.entry_points]
+    lm_gym.agents =
+        my-agent = my_package.agent:make_my_agent
+
+Discovery runs once, the first time the registry is listed or asked for a name it does not know
+(:func:`discover_agents` re-runs it). A plug-in that fails to load is reported with a warning and
+skipped; it never breaks the zoo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+    from agents.base import Agent
+
+#: The entry point group that third-party agents use.
+ENTRY_POINT_GROUP = "lm_gym.agents"
+
+AgentFactory = Callable[..., "Agent"]
+
+
+@dataclass
+class AgentSpec:
+    """One registered agent.
+
+    :param name: the registry name (``"ppo"``).
+    :param factory: ``factory(env, **kwargs) -> Agent``.
+    :param summary: one line for tables (default: the first line of the factory's docstring).
+    :param source: ``"zoo"``, ``"user"`` or the distribution that declared the entry point.
+    :param defaults: keyword arguments applied before the caller's (tested defaults).
+    :param tags: free-form labels (``"baseline"``, ``"sb3"``, ``"tabular"``, ...).
+    :param options: for a factory taking ``**kwargs``: a callable listing the option names it
+        accepts (so that unknown options are still caught early); ``None``: read the signature.
+    """
+
+    name: str
+    factory: AgentFactory
+    summary: str = ""
+    source: str = "user"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    options: Callable[[], Iterable[str]] | None = None
+
+    def option_names(self) -> list[str] | None:
+        """The options the factory accepts, sorted; ``None`` when any keyword is accepted."""
+        if self.options is not None:
+            return sorted(set(self.options()))
+        params = self.parameters()
+        return None if params is None else sorted(params)
+
+    def parameters(self) -> dict[str, inspect.Parameter] | None:
+        """The keyword parameters of the factory's signature, or ``None`` when it takes
+        ``**kwargs``. The first positional parameter (the env) is left out.
+        """
+        try:
+            sig = inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return None
+        params = list(sig.parameters.values())
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        keyword = [
+            p
+            for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        return {p.name: p for p in keyword[1:]}
+
+    def check_kwargs(self, kwargs: Mapping[str, Any]) -> None:
+        """Raise a clear error for keyword arguments the factory does not take.
+
+        :param kwargs: the arguments to check.
+        :raises UnknownOptionError: a name is not a parameter of the factory.
+        """
+        params = self.option_names()
+        if params is None:
+            return
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.6)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise UnknownOptionError(
+                f"Agent {self.name!r} has no option {', '.join(hints)}. "
+                f"Its options: {', '.join(sorted(params))}."
+            )
+
+
+class UnknownAgentError(KeyError):
+    """An agent name that is neither registered nor declared by an installed plug-in."""
+
+    def __str__(self) -> str:  # KeyError quotes its message: show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownOptionError(TypeError):
+    """A keyword argument (config key) that an agent factory does not take."""
+
+
+_REGISTRY: dict[str, AgentSpec] = {}
+_DISCOVERED = False
+_PLUGIN_ERRORS: dict[str, str] = {}
+
+
+def register_agent(
+    name: str,
+    factory: AgentFactory,
+    *,
+    summary: str = "",
+    defaults: Mapping[str, Any] | None = None,
+    tags: tuple[str, ...] = (),
+    source: str = "user",
+    options: Callable[[], Iterable[str]] | None = None,
+    overwrite: bool = False,
+) -> AgentSpec:
+    """Register an agent factory under a name.
+
+    :param name: the registry name, a non-empty string without whitespace.
+    :param factory: ``factory(env, **kwargs)`` returning an :class:`~agents.base.Agent`; a class
+        whose constructor takes the env first works as is.
+    :param summary: one line for ``lm-gym agents`` (default: the factory's docstring, first line).
+    :param defaults: keyword arguments applied before the caller's.
+    :param tags: free-form labels.
+    :param source: where the registration comes from (shown by ``lm-gym agents``).
+    :param options: for a factory taking ``**kwargs``, a callable returning the accepted option
+        names (see :class:`AgentSpec`).
+    :param overwrite: replace an existing registration instead of raising.
+    :return: the new spec.
+    :raises TypeError: the name is not a non-empty string or the factory is not callable.
+    :raises ValueError: the name is taken and ``overwrite`` is false.
+    """
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise TypeError(f"agent name must be a non-empty string without spaces, got {name!r}.")
+    if not callable(factory):
+        raise TypeError(f"agent factory for {name!r} must be callable, got {factory!r}.")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"an agent named {name!r} is already registered (by {_REGISTRY[name].source}); "
+            "pass overwrite=True to replace it."
+        )
+    if not summary:
+        doc = inspect.getdoc(factory) or ""
+        summary = doc.strip().splitlines()[0] if doc.strip() else ""
+    spec = AgentSpec(name, factory, summary, source, dict(defaults or {}), tuple(tags), options)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister_agent(name: str) -> None:
+    """Remove a registration (tests, or a plug-in replacing itself).
+
+    :param name: a registered name.
+    :raises UnknownAgentError: the name is not registered.
+    """
+    if name not in _REGISTRY:
+        raise UnknownAgentError(f"No agent named {name!r} is registered.")
+    del _REGISTRY[name]
+
+
+def discover_agents(*, refresh: bool = False) -> dict[str, str]:
+    """Load the agents that installed distributions declare in the ``lm_gym.agents`` group.
+
+    An entry point's name is the agent name and its object the factory. A name already registered
+    by the zoo or by code is not replaced (registered code wins over discovery).
+
+    :param refresh: look again even if discovery already ran (after installing a plug-in).
+    :return: the plug-ins that failed to load: ``{entry point name: error message}``.
+    """
+    global _DISCOVERED
+    if _DISCOVERED and not refresh:
+        return dict(_PLUGIN_ERRORS)
+    _DISCOVERED = True
+    _PLUGIN_ERRORS.clear()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY and _REGISTRY[ep.name].source != f"plugin:{_dist_name(ep)}":
+            continue
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken plug-in must not break the zoo
+            _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"lm-gym: the agent plug-in {ep.name!r} ({ep.value}) failed to load: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        if not callable(factory):
+            _PLUGIN_ERRORS[ep.name] = f"{ep.value} is not callable"
+            warnings.warn(
+                f"lm-gym: the agent plug-in {ep.name!r} points to {ep.value}, which is not callable.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        register_agent(
+            ep.name,
+            factory,
+            source=f"plugin:{_dist_name(ep)}",
+            tags=("plugin",),
+            overwrite=True,
+        )
+    return dict(_PLUGIN_ERRORS)
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None) or ep.value.partition(":")[0].partition(".")[0]
+
+
+def _ensure_zoo() -> None:
+    import agents.zoo  # noqa: F401  (registers the built-in names)
+
+
+def list_agents(*, tag: str | None = None) -> list[str]:
+    """The registered agent names, sorted (the zoo and discovered plug-ins).
+
+    :param tag: only the agents carrying this tag.
+    """
+    _ensure_zoo()
+    discover_agents()
+    return sorted(n for n, s in _REGISTRY.items() if tag is None or tag in s.tags)
+
+
+def agent_spec(name: str) -> AgentSpec:
+    """The registration of ``name``.
+
+    :param name: a registered or discoverable agent name.
+    :raises UnknownAgentError: no such agent (the message lists the known ones and the closest).
+    """
+    _ensure_zoo()
+    if name not in _REGISTRY:
+        discover_agents()
+    if name not in _REGISTRY:
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        broken = (
+            f" (plug-in {name!r} failed to load: {_PLUGIN_ERRORS[name]})"
+            if name in _PLUGIN_ERRORS
+            else ""
+        )
+        raise UnknownAgentError(
+            f"Unknown agent {name!r}{broken}.{hint} Known agents: {', '.join(known)}."
+        )
+    return _REGISTRY[name]
+
+
+def make_agent(name: str, env: str | gym.Env, **kwargs: Any) -> Agent:
+    """Build a registered agent on an env.
+
+    :param name: the agent name (see :func:`list_agents`).
+    :param env: an env id (made with ``gymnasium.make``) or an env instance.
+    :param kwargs: the agent's options, over its registered defaults.
+    :return: the agent.
+    :raises UnknownAgentError: unknown name.
+    :raises UnknownOptionError: an option the agent does not take.
+    """
+    spec = agent_spec(name)
+    options = {**spec.defaults, **kwargs}
+    spec.check_kwargs(options)
+    if isinstance(env, str):
+        import gymnasium as gym
+
+        import lm_gym  # noqa: F401  (registers the ids)
+
+        env = gym.make(env)
+    return spec.factory(env, **options)

@@ -1,0 +1,254 @@
+"""Tokens per second of SB3 rollout collection with the GPT-2 policy vs ``model.generate()``.
+
+Three ways to produce ``n_envs x new_tokens`` sampled tokens with the same model, in the same run,
+alternately, ``--repeats`` times each:
+
+* ``generate()``: Hugging Face ``model.generate`` with its KV cache, on the prompts the envs are
+  about to start (left-padded batch), sampling from the full distribution (``top_k=0``) for exactly
+  ``new_tokens`` tokens (``min_new_tokens``): the reference.
+* SB3 rollout, KV-cached: ``PPO.collect_rollouts`` (one SB3 step per token: policy forward, env
+  step, reward at episode end, rollout buffer) with :class:`agents.policies.GPT2ActorCriticPolicy`
+  keeping each env's ``past_key_values`` across steps.
+* SB3 rollout, full recompute: the same policy with its cache switched off (``policy.kv_cache =
+  None``): the whole window through GPT-2 at every token.
+
+Printed: tokens/s of each, the ratios to ``generate()``, and the peak memory of each (RSS on CPU,
+allocated CUDA memory on GPU). Target on CPU, 6-layer 384-wide GPT-2, 8 envs, 48 new tokens: the
+KV-cached rollout at least 0.8x ``generate()``.
+
+Usage::
+
+    python benchmarks/rollout_speed.py                 # gpt2-6l-384, LMText-v0, 8 envs x 48
+    python benchmarks/rollout_speed.py --model tiny-gpt2 --device cuda
+    python benchmarks/rollout_speed.py --quick         # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from bench_common import (
+    Timings,
+    add_common_args,
+    collect,
+    fmt_rate,
+    machine,
+    make_ppo,
+    make_vec_env,
+    peak_memory,
+    setup_torch,
+    start_rollouts,
+    timed,
+    timed_cpu,
+)
+
+TARGET = 0.8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring).
+
+    :param argv: arguments; ``None`` reads ``sys.argv``.
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="gpt2-6l-384", help="built-in name, hub id or folder")
+    parser.add_argument("--env", default="LMText-v0")
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=48, help="the env's max_new_tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
+    parser.add_argument(
+        "--full-repeats", type=int, default=1, help="timed runs of the full-recompute rollout"
+    )
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.n_envs, args.new_tokens, args.repeats = "tiny-gpt2", 2, 6, 2
+    return args
+
+
+def generate_batch(lm: Any, obs: dict[str, Any], new_tokens: int, device: torch.device) -> int:
+    """Sample ``new_tokens`` tokens per prompt with ``lm.generate`` (KV cache); return the count.
+
+    :param lm: the causal LM (the policy's own, so the weights are the same).
+    :param obs: the envs' observations (left-padded windows); the all-padding columns are cut.
+    :param new_tokens: tokens to generate per row.
+    :param device: the model's device.
+    """
+    ids = torch.as_tensor(obs["input_ids"], device=device).long()
+    mask = torch.as_tensor(obs["attention_mask"], device=device).long()
+    keep = int(mask.sum(1).max())
+    ids, mask = ids[:, -keep:], mask[:, -keep:]
+    eos = lm.config.eos_token_id
+    with torch.no_grad():
+        out = lm.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=eos,
+            use_cache=True,
+        )
+    generated = out.shape[1] - ids.shape[1]
+    if generated != new_tokens:
+        raise RuntimeError(f"generate() produced {generated} tokens, not {new_tokens}.")
+    return ids.shape[0] * generated
+
+
+class Breakdown:
+    """Wall time spent inside the policy's ``forward`` (one call per step), ``predict_values``
+    (SB3's value bootstraps: one batch-1 call per truncated episode, one at the rollout's end)
+    and the vector env's ``step``, measured by wrapping those methods on the instances.
+
+    :param policy: the SB3 policy.
+    :param env: the SB3 vector env.
+    :param device: synchronised around each call (CUDA).
+    """
+
+    def __init__(self, policy: Any, env: Any, device: torch.device) -> None:
+        self.seconds = {"policy forward": 0.0, "value bootstraps": 0.0, "env step": 0.0}
+        self.calls = dict.fromkeys(self.seconds, 0)
+        self.active = False
+        self._wrap(policy, "forward", "policy forward", device)
+        self._wrap(policy, "predict_values", "value bootstraps", device)
+        self._wrap(env, "step", "env step", device)
+
+    def _wrap(self, obj: Any, method: str, name: str, device: torch.device) -> None:
+        inner = getattr(obj, method)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return inner(*args, **kwargs)
+            seconds, out = timed(lambda: inner(*args, **kwargs), device)
+            self.seconds[name] += seconds
+            self.calls[name] += 1
+            return out
+
+        setattr(obj, method, wrapper)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, and return the figures.
+
+    :param argv: command-line arguments; ``None`` reads ``sys.argv``.
+    :return: tokens/s per kind (``generate``, ``cached``, ``full``) and the ratios to generate.
+    """
+    args = parse_args(argv)
+    device = setup_torch(args)
+    env = make_vec_env(args.env, args.n_envs, args.seed, max_new_tokens=args.new_tokens)
+    model = make_ppo(
+        env,
+        args.model,
+        n_steps=args.new_tokens,
+        batch_size=args.n_envs * args.new_tokens,
+        n_epochs=1,
+        device=device,
+        seed=args.seed,
+    )
+    policy = model.policy
+    cache = policy.kv_cache
+    if cache is None:
+        raise SystemExit("The policy was built without a KV cache.")
+    lm = policy.net.lm
+    callback = start_rollouts(model)
+    tokens = args.n_envs * args.new_tokens
+    times, peaks = Timings(), {}
+    breakdown = Breakdown(policy, model.env, device)
+    cached_seconds = 0.0
+
+    def rollout(cached: bool) -> None:
+        nonlocal cached_seconds
+        policy.kv_cache = cache if cached else None
+        breakdown.active = cached
+        seconds, _ = timed(lambda: collect(model, callback), device)
+        breakdown.active = False
+        if cached:
+            cached_seconds += seconds
+
+    def run(kind: str) -> None:
+        with peak_memory(device) as peak:
+            if kind == "generate":
+                seconds, cpu, n = timed_cpu(
+                    lambda: generate_batch(lm, model._last_obs, args.new_tokens, device), device
+                )
+            else:
+                seconds, cpu, _ = timed_cpu(lambda: rollout(kind == "cached"), device)
+                n = tokens
+        times.add(kind, n / seconds)
+        times.add(kind + "_cpu", n / cpu)
+        peaks[kind] = peak
+
+    # Warm-up (allocator, kernels, first-call overheads), untimed.
+    generate_batch(lm, model._last_obs, args.new_tokens, device)
+    rollout(cached=True)
+    breakdown.seconds = dict.fromkeys(breakdown.seconds, 0.0)
+    breakdown.calls = dict.fromkeys(breakdown.calls, 0)
+    cached_seconds = 0.0
+    stats_before = dict(cache.stats)
+    for rep in range(args.repeats):
+        order = ("generate", "cached") if rep % 2 == 0 else ("cached", "generate")
+        for kind in order:
+            run(kind)
+        if rep < args.full_repeats:
+            run("full")
+    policy.kv_cache = cache
+    cache_use = {k: cache.stats[k] - stats_before.get(k, 0) for k in cache.stats}
+
+    gen = times.median("generate")
+    rates = {kind: times.median(kind) for kind in ("generate", "cached", "full")}
+    ratios = {kind: rate / gen for kind, rate in rates.items()}
+    cpu_rates = {kind: times.median(kind + "_cpu") for kind in rates}
+    cpu_ratios = {kind: rate / cpu_rates["generate"] for kind, rate in cpu_rates.items()}
+    window = model.observation_space["input_ids"].shape[0]
+    print("rollout_speed: sampled tokens/s, SB3 rollout with the GPT-2 policy vs generate()")
+    print(f"machine: {machine()}")
+    print(
+        f"model {args.model}, {args.env}, {args.n_envs} envs x {args.new_tokens} new tokens "
+        f"(window {window}), device {device}"
+    )
+    labels = {
+        "generate": "HF generate() (KV cache)",
+        "cached": "SB3 rollout, KV-cached policy",
+        "full": "SB3 rollout, full recompute",
+    }
+    print(f"{'':<30} {'tokens/s':>9} {'x generate':>10} {'runs':>5}  memory")
+    for kind, label in labels.items():
+        runs = len(times.values[kind])
+        print(
+            f"{label:<30} {fmt_rate(rates[kind]):>9} {ratios[kind]:>10.2f} {runs:>5}  {peaks[kind]}"
+        )
+    print(
+        f"KV cache rows during the timed cached rollouts: {cache_use['incremental']} one-token, "
+        f"{cache_use['full']} full recompute, {cache_use['reused']} reused"
+    )
+    parts = ", ".join(
+        f"{name} {100 * sec / cached_seconds:.0f}% ({breakdown.calls[name]} calls)"
+        for name, sec in breakdown.seconds.items()
+    )
+    rest = 100 * (1 - sum(breakdown.seconds.values()) / cached_seconds)
+    print(f"KV-cached rollout time: {parts}, SB3 loop and buffer {rest:.0f}%")
+    flag = "ok" if ratios["cached"] >= TARGET else "BELOW TARGET"
+    print(
+        f"KV-cached rollout: {ratios['cached']:.2f}x generate() wall, "
+        f"{cpu_ratios['cached']:.2f}x CPU time (target >= {TARGET}x): {flag}; "
+        f"{rates['cached'] / rates['full']:.1f}x the full-recompute rollout"
+    )
+    return {
+        "tokens_per_s": rates,
+        "ratio_to_generate": ratios,
+        "cpu_ratio_to_generate": cpu_ratios,
+        "peak_mib": {k: p.peak_mib for k, p in peaks.items()},
+        "memory_kind": peaks["cached"].kind,
+        "breakdown_s": dict(breakdown.seconds),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""End-to-end training throughput: lm-gym's PPO vs TRL's ``GRPOTrainer`` on the same GPT-2.
+
+Generated tokens per second, updates included, for each model (built-in GPT-2 shapes built from
+their config with the real GPT-2 tokenizer), in the same process, alternating one iteration of
+each, ``--iterations`` timed iterations per side after ``--warmup`` untimed ones. Same work per
+iteration:
+
+* lm-gym: :class:`agents.ppo.EpisodePPO` with :class:`agents.policies.GPT2ActorCriticPolicy`
+  (KV-cached rollouts) on ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1 minibatch,
+  one optimizer step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
+* TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size=n``,
+  ``max_completion_length=new_tokens`` (``min_new_tokens`` too, so every completion has exactly
+  ``new_tokens`` tokens, as the lm-gym episodes do), ``beta=0`` (no reference model), bf16 and
+  gradient checkpointing off, one optimizer step per step. The prompts are the ones the lm-gym env
+  draws (its data, template and left truncation to ``max_prompt_tokens``) and the reward is the
+  env's reward scorer (VADER sentiment offline). A TRL step is timed from the trainer's
+  ``on_step_begin`` to ``on_step_end`` (generation, reward, loss, backward and optimizer step).
+
+Printed per model: tokens/s of each side, the ratio lm-gym / TRL (target >= 1.0x), lm-gym's
+rollout/update split, and the peak memory of one iteration of each (RSS on CPU: the whole process,
+both models included; the "+" figure is the iteration's growth; allocated CUDA memory on GPU).
+
+TRL is a benchmark extra (``pip install -e ".[bench]"``); without it the script says so and exits.
+It runs offline: the model object, tokenizer and an in-memory ``datasets.Dataset`` are passed in.
+
+Usage::
+
+    python benchmarks/vs_trl.py                          # tiny-gpt2 and gpt2-6l-384, 8 x 48
+    python benchmarks/vs_trl.py --models gpt2-6l-384 --iterations 5
+    python benchmarks/vs_trl.py --device cuda
+    python benchmarks/vs_trl.py --quick                  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from bench_common import (
+    PeakMemory,
+    Timings,
+    add_common_args,
+    fmt_rate,
+    machine,
+    make_ppo,
+    make_vec_env,
+    start_peak,
+    stop_peak,
+    synchronize,
+)
+from stable_baselines3.common.callbacks import BaseCallback
+
+TARGET = 1.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring).
+
+    :param argv: arguments; ``None`` reads ``sys.argv``.
+    """
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-6l-384"])
+    parser.add_argument("--env", default="LMText-v0")
+    parser.add_argument("--n", type=int, default=8, help="envs = completions per iteration")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per side")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts in TRL's data set")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.n, args.new_tokens = ["tiny-gpt2"], 2, 4
+        args.iterations, args.warmup, args.prompts = 1, 0, 4
+    return args
+
+
+def env_prompts(env_id: str, count: int, new_tokens: int, seed: int) -> tuple[list[str], Any]:
+    """The first ``count`` prompts the lm-gym env draws, as the text of its observation windows.
+
+    :param env_id: the lm-gym id.
+    :param count: number of prompts.
+    :param new_tokens: the env's ``max_new_tokens``.
+    :param seed: seeds of the resets are ``seed, seed + 1, ...``.
+    :return: the prompts and the env (its tokenizer and reward scorer are reused).
+    """
+    env = gym.make(f"lm_gym:{env_id}", max_new_tokens=new_tokens).unwrapped
+    prompts = []
+    for i in range(count):
+        obs, _ = env.reset(seed=seed + i)
+        ids = obs["input_ids"][obs["attention_mask"] == 1]
+        prompts.append(env.tokenizer.decode(ids.tolist()))
+    return prompts, env
+
+
+class _IterationTimer(BaseCallback):
+    """Times of lm-gym's rollout (rollout start to end) within ``learn()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = self.end = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self.start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.end = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def make_trl_trainer(
+    model_name: str,
+    prompts: list[str],
+    env: Any,
+    args: argparse.Namespace,
+    device: torch.device,
+    out_dir: str,
+) -> tuple[Any, Any]:
+    """A ``GRPOTrainer`` on the model, with a callback that times each step and its memory.
+
+    :param model_name: built-in name, hub id or folder (loaded by :func:`load_causal_lm`).
+    :param prompts: the prompt texts.
+    :param env: the lm-gym env whose tokenizer and reward scorer are used.
+    :param args: the parsed command line.
+    :param device: torch device.
+    :param out_dir: TRL's output folder (nothing is saved there).
+    :return: the trainer and its timing callback.
+    """
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lm_gym.models import load_causal_lm
+
+    scorer = env.reward_scorer
+
+    def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        refs: list[list[str]] = [[] for _ in prompts]
+        return [float(x) for x in scorer.score(list(completions), list(prompts), refs)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.cpu_seconds: list[float] = []
+            self.peaks: list[PeakMemory] = []
+            self._t0 = self._cpu0 = 0.0
+            self._peak = PeakMemory()
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            synchronize(device)
+            self._peak = start_peak(device)
+            self._cpu0 = time.process_time()
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            synchronize(device)
+            self.seconds.append(time.perf_counter() - self._t0)
+            self.cpu_seconds.append(time.process_time() - self._cpu0)
+            self.peaks.append(stop_peak(self._peak, device))
+
+    config = GRPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.n,
+        num_generations=args.n,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.new_tokens,
+        generation_kwargs={"min_new_tokens": args.new_tokens},
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        beta=0.0,
+        num_iterations=1,
+        learning_rate=args.lr,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=device.type == "cpu",
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=args.seed,
+    )
+    timer = StepTimer()
+    trainer = GRPOTrainer(
+        model=load_causal_lm(model_name),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=env.tokenizer,
+        callbacks=[timer],
+    )
+    for quiet in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(quiet)  # no per-step log lines in the benchmark's output
+    return trainer, timer
+
+
+def bench_model(model_name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Alternate lm-gym and TRL iterations on one model; return the figures.
+
+    :param model_name: the model.
+    :param args: the parsed command line.
+    :param device: torch device.
+    """
+    prompts, env = env_prompts(args.env, args.prompts, args.new_tokens, args.seed)
+    vec_env = make_vec_env(args.env, args.n, args.seed, max_new_tokens=args.new_tokens)
+    steps = args.n * args.new_tokens
+    model = make_ppo(
+        vec_env,
+        model_name,
+        n_steps=args.new_tokens,
+        batch_size=steps,
+        n_epochs=1,
+        device=device,
+        seed=args.seed,
+        learning_rate=args.lr,
+    )
+    lm_timer = _IterationTimer()
+    out_dir = tempfile.mkdtemp(prefix="lm_gym_vs_trl_")
+    trainer, trl_timer = make_trl_trainer(model_name, prompts, env, args, device, out_dir)
+
+    times = Timings()
+    peaks: dict[str, PeakMemory] = {}
+    trl_tokens: list[float] = []
+
+    def lm_gym_iteration() -> tuple[float, float, PeakMemory]:
+        peak = start_peak(device)
+        synchronize(device)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        model.learn(steps, callback=lm_timer, reset_num_timesteps=False)
+        synchronize(device)
+        end = time.perf_counter()
+        cpu = time.process_time() - cpu0
+        times.add("rollout_tmp", lm_timer.end - lm_timer.start)
+        times.add("update_tmp", end - lm_timer.end)
+        return end - t0, cpu, stop_peak(peak, device)
+
+    def trl_iteration() -> tuple[float, float, PeakMemory]:
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+        length = logs[-1]["completions/mean_length"] if logs else args.new_tokens
+        trl_tokens.append(args.n * float(length))
+        return trl_timer.seconds[-1], trl_timer.cpu_seconds[-1], trl_timer.peaks[-1]
+
+    for rep in range(args.warmup + args.iterations):
+        order = ("lm-gym", "trl") if rep % 2 == 0 else ("trl", "lm-gym")
+        for side in order:
+            seconds, cpu, peak = lm_gym_iteration() if side == "lm-gym" else trl_iteration()
+            if rep < args.warmup:
+                continue
+            tokens = steps if side == "lm-gym" else trl_tokens[-1]
+            times.add(side, tokens / seconds)
+            times.add(side + "_cpu", tokens / cpu)
+            if side == "lm-gym":
+                times.add("rollout", times.values["rollout_tmp"][-1])
+                times.add("update", times.values["update_tmp"][-1])
+            if side not in peaks or peak.peak_mib > peaks[side].peak_mib:
+                peaks[side] = peak
+    lm_rate, trl_rate = times.median("lm-gym"), times.median("trl")
+    return {
+        "model": model_name,
+        "lm_gym_tok_s": lm_rate,
+        "trl_tok_s": trl_rate,
+        "ratio": lm_rate / trl_rate,
+        "cpu_ratio": times.median("lm-gym_cpu") / times.median("trl_cpu"),
+        "rollout_s": times.median("rollout"),
+        "update_s": times.median("update"),
+        "lm_gym_peak": peaks["lm-gym"],
+        "trl_peak": peaks["trl"],
+        "runs": len(times.values["lm-gym"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark for each model, print the table, and return the figures.
+
+    :param argv: command-line arguments; ``None`` reads ``sys.argv``.
+    :return: ``{"skipped": reason}`` without TRL, else ``{"results": [per-model dicts]}``.
+    """
+    args = parse_args(argv)
+    if importlib.util.find_spec("trl") is None:
+        reason = 'TRL is not installed: pip install -e ".[bench]" (or pip install trl).'
+        print(f"vs_trl: skipped. {reason}")
+        return {"skipped": reason}
+    import trl
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine.")
+    results = [bench_model(name, args, device) for name in args.models]
+
+    print("vs_trl: end-to-end training throughput, lm-gym EpisodePPO vs TRL GRPOTrainer")
+    print(f"machine: {machine()}, trl {trl.__version__}")
+    print(
+        f"{args.env}, {args.n} completions x {args.new_tokens} tokens and one optimizer step per "
+        f"iteration, {args.iterations} timed iterations per side (alternating), device {device}"
+    )
+    print(
+        f"{'model':<14} {'lm-gym tok/s':>12} {'TRL tok/s':>10} {'ratio':>6} {'CPU-time ratio':>14}  "
+        f"{'lm-gym rollout+update s':>23}  lm-gym memory / TRL memory"
+    )
+    for r in results:
+        print(
+            f"{r['model']:<14} {fmt_rate(r['lm_gym_tok_s']):>12} {fmt_rate(r['trl_tok_s']):>10} "
+            f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>13.2f}x  "
+            f"{r['rollout_s']:>11.2f} + {r['update_s']:<9.2f}  "
+            f"{r['lm_gym_peak']} / {r['trl_peak']}"
+        )
+    worst = min(r["ratio"] for r in results)
+    flag = "ok" if worst >= TARGET else "BELOW TARGET"
+    print(f"lowest ratio lm-gym / TRL: {worst:.2f}x (target >= {TARGET:.1f}x): {flag}")
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()

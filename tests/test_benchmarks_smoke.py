@@ -1,0 +1,59 @@
+"""Smoke runs of the speed benchmarks: each script's ``main`` with its ``--quick`` settings.
+
+Timings are never asserted (machines are noisy); only that each script runs and reports figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench() -> Iterator[ModuleType]:
+    """Import benchmark scripts as modules (their folder on ``sys.path``); keep torch threads."""
+    threads = torch.get_num_threads()
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+        torch.set_num_threads(threads)
+
+
+QUICK = ["--quick", "--threads", "1"]
+
+
+def test_update_speed_quick(bench, capsys) -> None:
+    out = bench.import_module("update_speed").main(QUICK)
+    assert out["stock_s"] > 0 and out["episode_s"] > 0 and out["speedup"] > 0
+    assert out["stock_peak_mib"] > 0 and out["episode_peak_mib"] > 0
+    assert out["segments"] == 2  # 2 envs x one 6-token episode
+    assert "speed-up:" in capsys.readouterr().out
+
+
+def test_rollout_speed_quick(bench, capsys) -> None:
+    out = bench.import_module("rollout_speed").main(QUICK)
+    assert set(out["tokens_per_s"]) == {"generate", "cached", "full"}
+    assert all(v > 0 for v in out["tokens_per_s"].values())
+    assert out["ratio_to_generate"]["generate"] == 1.0
+    text = capsys.readouterr().out
+    assert "x generate" in text and "KV-cached rollout:" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed")
+def test_vs_trl_quick(bench, capsys) -> None:
+    out = bench.import_module("vs_trl").main(QUICK)
+    (result,) = out["results"]
+    assert result["lm_gym_tok_s"] > 0 and result["trl_tok_s"] > 0
+    assert result["lm_gym_peak"].peak_mib > 0 and result["trl_peak"].peak_mib > 0
+    assert "lm-gym / TRL" in capsys.readouterr().out

@@ -1,0 +1,270 @@
+"""The ``lm-gym`` command: listing, train / interrupt / resume, eval, generate, errors, bench.
+
+The commands run in-process through :func:`agents.cli.main` (one subprocess test checks the
+console script itself), with tiny budgets on the toy MDP and the tiny GPT-2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+import yaml
+
+from agents import training
+from agents.cli import main
+from agents.hyperparams import RunConfig, load_hyperparams, resolve_run_config
+
+ENV = "LMToy-v0" if "LMToy-v0" in gym.registry else "LMCountUp-v0"
+PPO_SMALL = ["--model", "tiny-gpt2", "--set", "n_steps=16", "--set", "batch_size=16"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_envs_and_agents_tables(capsys) -> None:
+    code, out, _ = run(capsys, "envs")
+    assert code == 0 and "LMCountUp-v0" in out and "LMTextIMDB-v0" in out
+    code, out, _ = run(capsys, "envs", "--offline", "--json")
+    ids = [e["id"] for e in json.loads(out)]
+    assert "LMText-v0" in ids and "LMTextIMDB-v0" not in ids
+    code, out, _ = run(capsys, "agents")
+    assert code == 0
+    for name in ("ppo", "nlpo", "dqn", "trpo", "reinforce", "tabular-q", "beam", "supervised"):
+        assert f"\n{name} " in out
+    code, out, _ = run(capsys, "agents", "--json")
+    assert {"name": "random", "source": "zoo"}.items() <= json.loads(out)[0].items() or any(
+        a["name"] == "random" for a in json.loads(out)
+    )
+
+
+def test_every_agent_has_a_config_file_that_resolves() -> None:
+    from agents.hyperparams import CONFIG_DIR
+    from agents.zoo import SB3_ALGORITHMS
+
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert set(SB3_ALGORITHMS) | {"random", "greedy", "sample", "beam", "reinforce"} <= names
+    import lm_gym
+
+    for name in names:
+        for entry in lm_gym.list_envs():
+            config = resolve_run_config(entry.id, name)  # every key is an option of the agent
+            assert config.n_timesteps >= 0
+    assert load_hyperparams("ppo", "LMToy-v0")["n_steps"] == 64  # env section over default
+
+
+def test_clear_errors(capsys, tmp_path: Path) -> None:
+    code, _, err = run(
+        capsys, "train", "LMCountUpp-v0", "--agent", "ppo", "--out", str(tmp_path / "a")
+    )
+    assert code == 2 and "Unknown env id 'LMCountUpp-v0'" in err and "LMCountUp-v0" in err
+    code, _, err = run(capsys, "train", ENV, "--agent", "ppq", "--out", str(tmp_path / "a"))
+    assert code == 2 and "Unknown agent 'ppq'" in err and "'ppo'" in err
+    code, _, err = run(
+        capsys,
+        "train",
+        ENV,
+        "--agent",
+        "ppo",
+        "--set",
+        "lerning_rate=1e-3",
+        "--out",
+        str(tmp_path / "a"),
+    )
+    assert code == 2 and "no option 'lerning_rate'" in err and "learning_rate" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"default:\n  n_steps: 16\n{ENV}:\n  clip_rnge: 0.1\n")
+    code, _, err = run(
+        capsys, "train", ENV, "--agent", "ppo", "--config", str(bad), "--out", str(tmp_path / "a")
+    )
+    assert code == 2 and "clip_rnge" in err and "clip_range" in err
+    bad.write_text("- not a mapping\n")
+    code, _, err = run(
+        capsys, "train", ENV, "--agent", "ppo", "--config", str(bad), "--out", str(tmp_path / "a")
+    )
+    assert code == 2 and "mapping" in err
+    code, _, err = run(capsys, "train", "--resume", "--out", str(tmp_path / "nothing"))
+    assert code == 2 and "no run to resume" in err
+    code, _, err = run(capsys, "eval", str(tmp_path / "nothing"))
+    assert code == 2 and "holds no run" in err
+    assert not (tmp_path / "a").exists()  # nothing written for a bad command
+
+
+def test_train_interrupt_resume_eval_generate(capsys, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    # interrupt the first run after step 40: checkpoints every 16 steps, the last at 32
+    original = training._Progress.__call__
+
+    def interrupting(self, locals_, globals_):
+        result = original(self, locals_, globals_)
+        if self.steps >= 40:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(training._Progress, "__call__", interrupting)
+    code, _, err = run(
+        capsys,
+        "train",
+        ENV,
+        "--agent",
+        "ppo",
+        *PPO_SMALL,
+        "--steps",
+        "96",
+        "--checkpoint-freq",
+        "16",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert code == 130 and "--resume" in err and "step 32" in err
+    assert training.latest_checkpoint(out)[0] == 32
+    assert not (out / "final").exists()
+    monkeypatch.setattr(training._Progress, "__call__", original)
+
+    # --resume continues from the checkpoint to the budget, TensorBoard and monitor appended
+    code, stdout, _ = run(capsys, "train", "--resume", "--out", str(out), "--no-progress")
+    assert code == 0 and "resumed from step 32" in stdout
+    state = json.loads((out / "final" / "state.json").read_text())
+    assert state["num_timesteps"] >= 96
+    config = RunConfig.load(out / "config.yaml")
+    assert (config.env_id, config.agent, config.seed, config.n_timesteps) == (ENV, "ppo", 3, 96)
+    assert config.hyperparams["n_steps"] == 16 and config.checkpoint_freq == 16
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    with (out / "train.monitor.csv").open() as f:
+        episodes = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert sum(int(e["l"]) for e in episodes) >= 96 - 16  # at most one interval lost
+    # a second run in the same folder is refused; --resume with a larger budget continues
+    code, _, err = run(capsys, "train", ENV, "--agent", "ppo", "--out", str(out))
+    assert code == 2 and "already holds a run" in err
+    code, stdout, _ = run(
+        capsys, "train", "--resume", "--steps", "128", "--out", str(out), "--no-progress"
+    )
+    assert code == 0 and "trained to step 128" in stdout
+
+    code, stdout, _ = run(capsys, "eval", str(out), "--episodes", "3")
+    assert code == 0 and "mean_reward" in stdout and "perplexity" in stdout
+    result = json.loads((out / "eval_test.json").read_text())
+    assert result["summary"]["eval_episodes"] == 3 and len(result["episodes"]) == 3
+
+    prompt = "x1" if ENV == "LMToy-v0" else "Write 5 increasing numbers, starting above 7:"
+    code, stdout, _ = run(capsys, "generate", str(out), "--prompt", prompt)
+    assert code == 0 and stdout.strip()
+
+
+def test_config_file_reproduces_a_run(capsys, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    code, *_ = run(
+        capsys,
+        "train",
+        ENV,
+        "--agent",
+        "reinforce",
+        "--model",
+        "tiny-gpt2",
+        "--steps",
+        "24",
+        "--set",
+        "batch_episodes=4",
+        "--seed",
+        "7",
+        "--out",
+        str(first),
+        "--no-progress",
+    )
+    assert code == 0
+    second = tmp_path / "second"
+    code, *_ = run(
+        capsys,
+        "train",
+        "--config",
+        str(first / "config.yaml"),
+        "--out",
+        str(second),
+        "--no-progress",
+    )
+    assert code == 0
+    a = yaml.safe_load((first / "config.yaml").read_text())
+    b = yaml.safe_load((second / "config.yaml").read_text())
+    assert a == b
+    rewards = [
+        [line.split(",")[0] for line in (d / "train.monitor.csv").read_text().splitlines()[2:]]
+        for d in (first, second)
+    ]
+    assert rewards[0] == rewards[1]  # same config, same seed: the same training episodes
+
+
+def test_warm_start_flag_saves_the_model_in_the_run(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "ws"
+    code, *_ = run(
+        capsys,
+        "train",
+        "LMCountUp-v0",
+        "--agent",
+        "greedy",
+        "--model",
+        "tiny-gpt2",
+        "--warm-start",
+        "--set",
+        "warm_start={max_samples: 16}",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert code == 0
+    assert (out / "warm_start" / "lm_gym_origin.json").exists()
+
+
+def test_bench_writes_tables_and_curves(capsys, tmp_path: Path) -> None:
+    code, _, _ = run(
+        capsys,
+        "bench",
+        "--agents",
+        "random",
+        "tabular-q",
+        "--envs",
+        ENV,
+        "--steps",
+        "200",
+        "--eval-episodes",
+        "4",
+        "--out",
+        str(tmp_path / "bench"),
+    )
+    assert code == 0
+    header = "| algo | env_id | mean_reward | std_reward | n_timesteps | eval_episodes |"
+    md = (tmp_path / "bench" / "results.md").read_text()
+    assert header in md and "perplexity" in md and "distinct-1" in md
+    rows = list(csv.DictReader((tmp_path / "bench" / "results.csv").open()))
+    assert {r["algo"] for r in rows} == {"random", "tabular-q"}
+    data = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert data["meta"]["agents"] == ["random", "tabular-q"]
+    if ENV == "LMToy-v0":
+        assert all(0.0 <= r["optimum"] <= 1.0 + 1e-9 for r in data["rows"])
+    assert (tmp_path / "bench" / "learning_curves.png").exists()
+
+
+def test_console_script_runs() -> None:
+    exe = Path(sys.executable).with_name("lm-gym")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "agents.cli"]
+    out = subprocess.run([*cmd, "agents"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ppo" in out.stdout

@@ -1,0 +1,192 @@
+"""KV-cached rollouts give the same actions, log-probabilities and values as a full recompute.
+
+Rollouts mix episode ends: every env stops on any token whose text contains an "e" (about a
+third of GPT-2's vocabulary), so envs restart at different steps, and two window layouts are mixed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.network import GPT2ActorCritic, RolloutKVCache, position_ids_from_mask
+from agents.policies import GPT2ActorCriticPolicy, GPT2DQNPolicy
+from lm_gym.tasks.verifiable import CountUpEnv
+
+ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def net() -> GPT2ActorCritic:
+    torch.manual_seed(0)
+    return GPT2ActorCritic("tiny-gpt2").eval()
+
+
+def _mixed_env(n_envs: int = 4) -> DummyVecEnv:
+    """Envs that end at different steps (stop strings), with two prompt/new-token splits."""
+
+    def make(i: int):
+        def _f():
+            split = (14, 10) if i % 2 else (16, 8)  # same window (24), different budgets
+            return CountUpEnv(
+                max_prompt_tokens=split[0], max_new_tokens=split[1], stop_strings=["e"]
+            )
+
+        return _f
+
+    env = DummyVecEnv([make(i) for i in range(n_envs)])
+    env.seed(123)
+    return env
+
+
+def _random_windows(rng: np.random.Generator, batch: int, length: int, vocab: int):
+    ids = np.full((batch, length), 50256)
+    mask = np.zeros((batch, length), dtype=np.int64)
+    for i in range(batch):
+        n = int(rng.integers(1, length // 2))
+        ids[i, -n:] = rng.integers(0, vocab, n)
+        mask[i, -n:] = 1
+    return ids, mask
+
+
+def test_position_ids_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_left_padding_matches_unpadded(net: GPT2ActorCritic):
+    ids = torch.tensor([[464, 3290, 318, 257]])
+    logits, value = net(ids, torch.ones_like(ids))
+    padded = torch.cat([torch.full((1, 5), 50256), ids], 1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(ids)], 1)
+    logits_p, value_p = net(padded, mask)
+    assert torch.allclose(logits, logits_p, atol=ATOL)
+    assert torch.allclose(value, value_p, atol=ATOL)
+
+
+def test_cache_matches_full_recompute_with_resets(net: GPT2ActorCritic):
+    """Random episodes of random lengths: every step's logits and values equal the full forward."""
+    rng = np.random.default_rng(0)
+    batch, length = 5, 20
+    ids, mask = _random_windows(rng, batch, length, net.vocab_size)
+    left = rng.integers(1, 9, batch)
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for _ in range(40):
+            # float32 inputs, as SB3 hands them over
+            ids_t, mask_t = torch.tensor(ids, dtype=torch.float32), torch.tensor(mask).float()
+            logits_c, values_c = net(ids_t, mask_t, cache)
+            logits_f, values_f = net(ids_t.long(), mask_t.long())
+            assert torch.isfinite(logits_c).all()
+            assert torch.allclose(logits_c, logits_f, atol=ATOL)
+            assert torch.allclose(values_c, values_f, atol=ATOL)
+            actions = torch.distributions.Categorical(logits=logits_f).sample().numpy()
+            for i in range(batch):
+                if left[i] == 0:  # new episode in this row
+                    new_ids, new_mask = _random_windows(rng, 1, length, net.vocab_size)
+                    ids[i], mask[i], left[i] = new_ids[0], new_mask[0], rng.integers(1, 9)
+                else:
+                    ids[i] = np.r_[ids[i, 1:], actions[i]]
+                    mask[i] = np.r_[mask[i, 1:], 1]
+                    left[i] -= 1
+    assert cache.stats["incremental"] > 3 * cache.stats["full"] > 0
+
+
+def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: GPT2ActorCritic):
+    rng = np.random.default_rng(1)
+    ids, mask = (torch.tensor(a) for a in _random_windows(rng, 3, 12, net.vocab_size))
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        first, _ = net(ids, mask, cache)
+        again, _ = net(ids, mask, cache)
+        assert cache.stats["reused"] == 3 and torch.equal(first, again)
+        other = GPT2ActorCritic("tiny-gpt2", value_head=False)
+        net_copy = GPT2ActorCritic(other.lm, value_head=False)
+        net_copy.lm.load_state_dict(net.lm.state_dict())
+        cache2 = RolloutKVCache()
+        net_copy(ids, mask, cache2)
+        net_copy.lm.transformer.h[0].mlp.c_fc.weight.mul_(1.5)  # in place, as optimizers do
+        ids2 = torch.cat([ids[:, 1:], ids[:, :1]], 1)
+        mask2 = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], 1)
+        logits_c, _ = net_copy(ids2, mask2, cache2)
+        logits_f, _ = net_copy(ids2, mask2)
+    assert cache2.stats["full"] == 6  # stale after the parameter change: recomputed
+    assert torch.allclose(logits_c, logits_f, atol=ATOL)
+
+
+def test_cache_batch_size_change(net: GPT2ActorCritic):
+    rng = np.random.default_rng(2)
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for batch in (4, 1, 4):
+            ids, mask = (torch.tensor(a) for a in _random_windows(rng, batch, 10, net.vocab_size))
+            assert torch.allclose(net(ids, mask, cache)[0], net(ids, mask)[0], atol=ATOL)
+
+
+def _collect(model: PPO) -> None:
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, None)
+    callback.on_training_start(locals(), globals())
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+def test_sb3_rollouts_match_full_recompute():
+    """Two PPO models, same weights and seeds, with and without the KV cache: same rollout."""
+    buffers = []
+    for kv_cache in (True, False):
+        model = PPO(
+            GPT2ActorCriticPolicy,
+            _mixed_env(),
+            n_steps=30,
+            batch_size=30,
+            seed=7,
+            policy_kwargs={"model": "tiny-gpt2", "kv_cache": kv_cache},
+        )
+        _collect(model)
+        if kv_cache:
+            stats = model.policy.kv_cache.stats
+            assert stats["incremental"] > stats["full"] > 4  # resets at mixed steps
+        buffers.append(model.rollout_buffer)
+    cached, full = buffers
+    starts = cached.episode_starts[1:]
+    assert starts.any() and not starts.all(axis=1).any()  # episodes end at different steps
+    np.testing.assert_array_equal(cached.actions, full.actions)
+    np.testing.assert_allclose(cached.log_probs, full.log_probs, atol=ATOL)
+    np.testing.assert_allclose(cached.values, full.values, atol=ATOL)
+    np.testing.assert_array_equal(cached.episode_starts, full.episode_starts)
+
+
+def test_dqn_greedy_rollout_matches_full_recompute():
+    env = _mixed_env()
+    policies = [
+        GPT2DQNPolicy(
+            env.observation_space, env.action_space, lambda _: 1e-3, model="tiny-gpt2", kv_cache=c
+        )
+        for c in (True, False)
+    ]
+    policies[1].load_state_dict(policies[0].state_dict())
+    obs = env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        greedy = [p.predict(obs, deterministic=True)[0] for p in policies]
+        np.testing.assert_array_equal(greedy[0], greedy[1])
+        ids = torch.as_tensor(obs["input_ids"])
+        np.testing.assert_allclose(
+            policies[0].last_logits(ids).numpy(), policies[1].last_logits(ids).numpy(), atol=ATOL
+        )
+        # explore, so that episodes do not all repeat the greedy token
+        obs, *_ = env.step(np.where(rng.random(4) < 0.5, greedy[0], rng.integers(0, 50257, 4)))
+    assert policies[0].q_net.kv_cache.stats["incremental"] > 0

@@ -1,0 +1,430 @@
+"""GPT-2 policies for SB3: construction, weights, errors, devices, save/load, export, NLPO, KL."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("sb3_contrib")
+
+from gymnasium import spaces
+from sb3_contrib import TRPO, MaskablePPO
+from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.export import export_pretrained
+from agents.kl import AdaptiveKLController, KLPenaltyCallback, KLPenaltyVecEnv
+from agents.network import position_ids_from_mask
+from agents.nlpo import (
+    NLPOActionMaskWrapper,
+    NLPOMaskUpdateCallback,
+    NLPORolloutBuffer,
+    TopPMasker,
+    top_p_mask,
+)
+from agents.policies import (
+    GPT2ActorCriticPolicy,
+    GPT2DQNPolicy,
+    MaskableGPT2ActorCriticPolicy,
+    strict_device,
+)
+from lm_gym.models import load_causal_lm
+from lm_gym.tasks.verifiable import CountUpEnv
+
+TINY = {"model": "tiny-gpt2"}
+ALGOS = {
+    "PPO": (PPO, GPT2ActorCriticPolicy, {"n_steps": 8, "batch_size": 16, "n_epochs": 1}),
+    "A2C": (A2C, GPT2ActorCriticPolicy, {"n_steps": 4}),
+    "MaskablePPO": (
+        MaskablePPO,
+        MaskableGPT2ActorCriticPolicy,
+        {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "rollout_buffer_class": NLPORolloutBuffer},
+    ),
+    "DQN": (DQN, GPT2DQNPolicy, {"learning_starts": 8, "buffer_size": 64, "batch_size": 8}),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_env(n_envs: int = 2, **kwargs) -> DummyVecEnv:
+    kwargs.setdefault("max_new_tokens", 4)
+    env = DummyVecEnv([lambda: CountUpEnv(**kwargs) for _ in range(n_envs)])
+    env.seed(0)
+    return env
+
+
+def build(name: str, env=None, **policy_kwargs):
+    algo, policy, kwargs = ALGOS[name]
+    return algo(
+        policy,
+        env or make_env(),
+        policy_kwargs={**TINY, **policy_kwargs},
+        learning_rate=1e-3,
+        seed=0,
+        **kwargs,
+    )
+
+
+def learn(model, steps: int = 16):
+    if isinstance(model, MaskablePPO):
+        return model.learn(steps, use_masking=False)
+    return model.learn(steps)
+
+
+def lm_state(model) -> dict[str, torch.Tensor]:
+    policy = getattr(model, "policy", model)
+    net = policy.q_net.net if isinstance(policy, GPT2DQNPolicy) else policy.net
+    return net.lm.state_dict()
+
+
+# -- construction ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_pretrained_weights_unchanged_after_construction(name):
+    reference = load_causal_lm("tiny-gpt2").state_dict()
+    model = build(name)
+    state = lm_state(model)
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(state[key], value), key
+
+
+def test_ortho_init_is_refused_with_a_warning():
+    reference = load_causal_lm("tiny-gpt2").state_dict()
+    with pytest.warns(UserWarning, match="ortho_init"):
+        model = build("PPO", ortho_init=True)
+    assert all(torch.equal(lm_state(model)[k], v) for k, v in reference.items())
+
+
+def test_one_trunk_shared_and_model_object_used_as_is():
+    lm = load_causal_lm("tiny-gpt2")
+    model = PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": lm})
+    net = model.policy.net
+    assert net.lm is lm
+    assert net.lm.lm_head.weight is net.lm.transformer.wte.weight  # tied, not wiped
+    n_lm = sum(p.numel() for p in lm.parameters())
+    n_policy = sum(p.numel() for p in model.policy.parameters())
+    assert n_policy == n_lm + sum(p.numel() for p in net.value_head.parameters())
+    optimised = sum(p.numel() for g in model.policy.optimizer.param_groups for p in g["params"])
+    assert optimised == n_policy
+
+
+def test_dqn_q_values_are_lm_logits_and_target_is_a_copy():
+    model = build("DQN")
+    q_net, target = model.policy.q_net, model.policy.q_net_target
+    obs = make_env(1).reset()
+    obs_t = {k: torch.as_tensor(v).float() for k, v in obs.items()}
+    ids, mask = obs_t["input_ids"].long(), obs_t["attention_mask"].long()
+    with torch.no_grad():
+        lm_logits = q_net.net.lm(
+            ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+        ).logits[:, -1]
+        assert torch.allclose(q_net(obs_t), lm_logits, atol=1e-4)
+        assert torch.allclose(target(obs_t), lm_logits, atol=1e-4)
+    online = {id(p) for p in q_net.parameters()}
+    assert not online & {id(p) for p in target.parameters()}
+    assert {id(p) for g in model.policy.optimizer.param_groups for p in g["params"]} == online
+
+
+def test_trpo_runs():
+    """TRPO needs second derivatives: eager attention (PyTorch's CPU SDPA has no double backward)."""
+    model = TRPO(
+        GPT2ActorCriticPolicy,
+        make_env(),
+        n_steps=4,
+        batch_size=8,
+        cg_max_steps=3,
+        n_critic_updates=1,
+        line_search_max_iter=3,
+        policy_kwargs={**TINY, "attn_implementation": "eager"},
+        seed=0,
+    )
+    model.learn(8)
+
+
+# -- construction errors --------------------------------------------------------------------------
+
+
+def test_vocabulary_mismatch_is_a_clear_error():
+    small = load_causal_lm("tiny-gpt2", vocab_size=1000)
+    with pytest.raises(ValueError, match=r"vocabulary \(1000 tokens\).*Discrete\(50257\)"):
+        PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": small})
+
+
+def test_wrong_observation_space_is_a_clear_error():
+    obs_space = spaces.Box(0, 50256, (16,), dtype=np.int64)
+    for policy in (GPT2ActorCriticPolicy, MaskableGPT2ActorCriticPolicy, GPT2DQNPolicy):
+        with pytest.raises(ValueError, match="lm_gym observation space"):
+            policy(obs_space, spaces.Discrete(50257), lambda _: 1e-3, **TINY)
+    with pytest.raises(ValueError, match="Discrete"):
+        env = make_env(1)
+        GPT2ActorCriticPolicy(env.observation_space, spaces.Box(-1, 1, (2,)), lambda _: 1e-3)
+
+
+def test_unknown_model_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("LM_GYM_OFFLINE", "1")
+    with pytest.raises(ValueError, match="Cannot load causal LM 'no-such-model-xyz'"):
+        PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": "no-such-model-xyz"})
+
+
+def test_window_longer_than_model_context():
+    env = make_env(1, max_prompt_tokens=1000, max_new_tokens=100)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        PPO(GPT2ActorCriticPolicy, env, policy_kwargs=TINY)
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+
+def test_auto_device_and_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert strict_device("auto").type == expected
+    assert strict_device("cpu").type == "cpu"
+    model = build("PPO")
+    assert model.policy.device.type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_an_error():
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        strict_device("cuda")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        build("PPO", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bf16_on_cpu_warns():
+    with pytest.warns(UserWarning, match="bf16"):
+        build("PPO", bf16=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_rollout():
+    model = build("PPO", bf16=True)
+    assert model.policy.device.type == "cuda"
+    learn(model, 16)
+
+
+# -- save / load / export -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_save_load_gives_identical_actions(name, tmp_path):
+    algo = ALGOS[name][0]
+    model = build(name)
+    learn(model, 16)
+    model.save(tmp_path / "model.zip")
+    loaded = algo.load(tmp_path / "model.zip")
+    obs = make_env(2).reset()
+    kwargs = {"action_masks": None} if name == "MaskablePPO" else {}
+    for deterministic in (True, False):
+        actions = []
+        for m in (model, loaded):
+            torch.manual_seed(3)
+            actions.append(m.predict(obs, deterministic=deterministic, **kwargs)[0])
+        np.testing.assert_array_equal(*actions)
+    for key, value in lm_state(model).items():
+        assert torch.equal(lm_state(loaded)[key], value), key
+
+
+def test_export_pretrained_loads_and_generates(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = build("PPO")
+    learn(model, 16)
+    folder = export_pretrained(model, tmp_path / "hf", tokenizer="gpt2")
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("Write 5 increasing numbers", return_tensors="pt").input_ids
+    out = lm.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 5)
+    with torch.no_grad():
+        expected, _ = model.policy.net(ids, torch.ones_like(ids))
+        assert torch.allclose(lm(ids).logits[:, -1], expected, atol=1e-4)
+    assert not any("value_head" in k for k in lm.state_dict())
+
+
+# -- NLPO -----------------------------------------------------------------------------------------
+
+
+def test_top_p_mask():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]]))
+    assert top_p_mask(logits, 0.7).tolist() == [[True, True, False, False], [True] + [False] * 3]
+    assert top_p_mask(logits, 0.9).tolist()[0] == [True, True, True, False]
+    assert top_p_mask(logits, 1.0).all()
+
+
+def test_nlpo_buffer_memory_within_2x_of_ppo():
+    env = CountUpEnv(max_prompt_tokens=64, max_new_tokens=48)  # LMText-v0's window (112)
+    args = (2048, env.observation_space, env.action_space)
+    plain = DictRolloutBuffer(*args, n_envs=8)
+    nlpo = NLPORolloutBuffer(*args, n_envs=8)
+    plain_bytes = sum(o.nbytes for o in plain.observations.values()) + sum(
+        getattr(plain, k).nbytes
+        for k in ("actions", "rewards", "returns", "episode_starts", "values", "log_probs")
+    )
+    plain_bytes += plain.advantages.nbytes
+    assert nlpo.nbytes() <= 2 * plain_bytes
+    assert nlpo.nbytes() == plain_bytes  # NLPO masks are recomputed, not stored
+    # sb3-contrib's own buffer: float32 masks of vocabulary size per step (3.3 GB at 2048 x 8)
+    mask_bytes = 2048 * 8 * env.action_space.n * 4
+    assert mask_bytes > 3.2e9
+    assert MaskableDictRolloutBuffer.reset is not NLPORolloutBuffer.reset
+
+
+def test_nlpo_buffer_packs_env_masks():
+    env = make_env(2)
+    buf = NLPORolloutBuffer(4, env.observation_space, env.action_space, n_envs=2)
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 2, 50257)) < 0.3
+    obs = env.reset()
+    for t in range(4):
+        buf.add(
+            obs,
+            np.zeros((2, 1)),
+            np.zeros(2),
+            np.zeros(2, bool),
+            torch.zeros(2),
+            torch.zeros(2),
+            action_masks=masks[t],
+        )
+    assert buf.packed_masks.nbytes == 4 * 2 * 6283
+    buf.compute_returns_and_advantage(torch.zeros(2), np.zeros(2))
+    next(buf.get())  # flattens the buffer (env-major order)
+    sample = buf._get_samples(np.arange(8))
+    flat = masks.swapaxes(0, 1).reshape(-1, 50257)
+    assert torch.equal(sample.action_masks, torch.as_tensor(flat))
+
+
+def test_nlpo_masks_recomputed_in_update_match_rollout():
+    model = build("MaskablePPO", nlpo_top_p=0.5)
+    model.learn(16, use_masking=False)  # one rollout (8 steps x 2 envs), then an update
+    policy = model.policy
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    _, callback = model._setup_learn(16, None, reset_num_timesteps=False)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, 8, use_masking=False)
+    buf = model.rollout_buffer
+    assert buf.packed_masks is None  # nothing of vocabulary size stored
+    (batch,) = buf.get()
+    assert batch.action_masks is None
+    with torch.no_grad():
+        _, log_prob, _ = policy.evaluate_actions(batch.observations, batch.actions.flatten())
+        masks = policy.masker(batch.observations["input_ids"], batch.observations["attention_mask"])
+    assert torch.allclose(log_prob, batch.old_log_prob, atol=1e-4)
+    assert masks.sum(1).max() < 50257  # the masks really restrict the vocabulary
+    assert masks[torch.arange(len(masks)), batch.actions.long().flatten()].all()
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())
+
+
+def test_nlpo_mask_update_callback_refreshes_the_lagged_model():
+    model = build("MaskablePPO", nlpo_top_p=0.9)
+    callback = NLPOMaskUpdateCallback(update_every=1)
+    model.learn(32, use_masking=False, callback=callback)  # 2 rollouts: 1 refresh
+    assert callback.refreshes == 1
+    masker_state = model.policy.masker.net.lm.state_dict()
+    policy_state = model.policy.net.lm.state_dict()
+    initial = load_causal_lm("tiny-gpt2").state_dict()
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(masker_state[key], initial[key])
+    assert masker_state.keys() == policy_state.keys()
+    assert not any(p.requires_grad for p in model.policy.masker.parameters())
+
+
+def test_nlpo_env_wrapper_gymnasium_way():
+    masker = TopPMasker.from_model("tiny-gpt2", top_p=0.5)
+    env = NLPOActionMaskWrapper(CountUpEnv(max_new_tokens=3), masker)
+    obs, info = env.reset(seed=0)
+    assert info["action_mask"].dtype == np.int8 and info["action_mask"].shape == (50257,)
+    assert 0 < info["action_mask"].sum() < 50257
+    np.testing.assert_array_equal(env.action_masks(), info["action_mask"].astype(bool))
+    action = int(np.flatnonzero(env.action_masks())[0])
+    obs, _, _, _, info = env.step(action)
+    ids = torch.as_tensor(obs["input_ids"])[None]
+    expected = masker(ids, torch.as_tensor(obs["attention_mask"])[None])[0].numpy()
+    np.testing.assert_array_equal(info["action_mask"].astype(bool), expected)
+
+
+def test_maskable_ppo_with_env_masks():
+    masker = TopPMasker.from_model("tiny-gpt2", top_p=0.5)
+    env = DummyVecEnv([lambda: NLPOActionMaskWrapper(CountUpEnv(max_new_tokens=4), masker)] * 2)
+    model = MaskablePPO(
+        MaskableGPT2ActorCriticPolicy,
+        env,
+        n_steps=8,
+        batch_size=16,
+        n_epochs=1,
+        rollout_buffer_class=NLPORolloutBuffer,
+        policy_kwargs={**TINY, "nlpo_top_p": None},
+        seed=0,
+    )
+    model.learn(16)  # use_masking=True: the env's masks, stored bit-packed
+    assert model.rollout_buffer.packed_masks is not None
+
+
+# -- KL penalty -----------------------------------------------------------------------------------
+
+
+def test_adaptive_kl_controller():
+    fixed = AdaptiveKLController(0.2)
+    assert fixed.update(100.0, 1000) == 0.2
+    ctl = AdaptiveKLController(0.2, target=1.0, horizon=1000)
+    assert ctl.update(10.0, 500) == pytest.approx(0.2 * 1.1)  # error clipped to +0.2
+    assert ctl.update(0.9, 1000) == pytest.approx(0.2 * 1.1 * 0.9)
+
+
+@pytest.mark.parametrize("name", list(ALGOS))
+def test_kl_penalty_with_every_algorithm(name):
+    env = KLPenaltyVecEnv(make_env(2), coef=0.1, target_kl=1.0, horizon=100)
+    model = build(name, env=env)
+    callback = KLPenaltyCallback()
+    if name == "MaskablePPO":
+        model.learn(32, use_masking=False, callback=callback)
+    else:
+        model.learn(32, callback=callback)
+    assert env.reference is not None and not any(
+        p.requires_grad for p in env.reference.parameters()
+    )
+    assert callback.history, "no episode statistics logged"
+    first = callback.history[0]
+    assert {"kl", "kl_per_token", "task_reward", "kl_coef"} <= set(first)
+    assert abs(first["kl"]) < 1e-3  # first rollout: policy == reference
+    if name != "DQN":  # DQN explores without a policy forward: the wrapper computes log pi itself
+        assert env.reused_policy_logits > 0
+    assert env.coef != 0.1  # adapted
+
+
+def test_kl_reference_is_made_once_and_shared():
+    env = KLPenaltyVecEnv(make_env(2), coef=0.1)
+    model = build("PPO", env=env)
+    model.learn(16, callback=KLPenaltyCallback())
+    reference = env.reference
+    model.learn(16, callback=KLPenaltyCallback(), reset_num_timesteps=False)
+    assert env.reference is reference
+    policy_ids = {id(p) for p in model.policy.parameters()}
+    assert not policy_ids & {id(p) for p in reference.parameters()}
+
+
+def test_kl_wrapper_without_policy_is_a_clear_error():
+    env = KLPenaltyVecEnv(make_env(1), coef=0.1)
+    env.reset()
+    with pytest.raises(RuntimeError, match="KLPenaltyCallback"):
+        env.step(np.array([1]))
+
+
+def test_no_warnings_on_construction():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("PPO")
