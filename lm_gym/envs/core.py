@@ -32,6 +32,14 @@ class EpisodeError(RuntimeError):
     """``step()`` called before ``reset()`` or after the episode ended."""
 
 
+class RenderModeError(TypeError, ValueError):
+    """An unsupported ``render_mode``.
+
+    Also a ``TypeError`` so that SB3's ``make_vec_env``, which first tries
+    ``render_mode="rgb_array"`` and retries without it on ``TypeError``, works unchanged.
+    """
+
+
 @functools.lru_cache(maxsize=32)
 def stop_token_ids(tokenizer_name: str, stop_strings: tuple[str, ...]) -> frozenset[int]:
     """Ids of every token whose text contains one of ``stop_strings`` (computed once per tokenizer).
@@ -112,7 +120,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             cfg.update(source)
         self.config = cfg
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
+            raise RenderModeError(
                 f"render_mode={render_mode!r} is not supported; use one of "
                 f"{self.metadata['render_modes']} or None."
             )
