@@ -160,7 +160,7 @@ def _reference_scores(
     logp = torch.as_tensor(agent_logp, device=device).float()
     p = logp.exp()
     terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-    return nll, float(terms.sum())
+    return nll, max(0.0, float(terms.sum()))  # >= 0; float rounding can dip below
 
 
 def evaluate_agent(

@@ -47,9 +47,11 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from agents.network import GPT2ActorCritic
@@ -335,6 +337,121 @@ class EpisodePPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "last_episode_index"]
+
+    # -- rollouts: SB3's collect_rollouts with batched truncation bootstraps ---------------------
+
+    def truncation_values(self, infos: list[dict[str, Any]], dones: np.ndarray) -> dict[int, float]:
+        """Values of the terminal observations of the envs whose episode was truncated this step.
+
+        SB3 bootstraps each truncated episode with its own ``predict_values`` call (batch 1: a
+        full-window forward each, which also invalidates a batched KV cache). Here one call
+        serves them all: with the GPT-2 policy's KV cache, the batch holds every env's current
+        window (what the cache holds: reused) with the truncated envs' terminal windows in their
+        rows (one new token each: one-position forwards); without a cache, the terminal windows
+        only. The values are the same up to float rounding.
+
+        :param infos: the vector env's infos of this step.
+        :param dones: the vector env's dones of this step.
+        :return: ``{env index: value}`` for the truncated envs.
+        """
+        envs = [
+            i
+            for i, done in enumerate(dones)
+            if done
+            and infos[i].get("terminal_observation") is not None
+            and infos[i].get("TimeLimit.truncated", False)
+        ]
+        if not envs:
+            return {}
+        terminal = [infos[i]["terminal_observation"] for i in envs]
+        if getattr(self.policy, "kv_cache", None) is not None and isinstance(self._last_obs, dict):
+            batch = {key: np.array(value, copy=True) for key, value in self._last_obs.items()}
+            for row, obs in zip(envs, terminal):
+                for key in batch:
+                    batch[key][row] = obs[key]
+            rows = envs
+        else:
+            batch = {key: np.stack([obs[key] for obs in terminal]) for key in terminal[0]}
+            rows = list(range(len(envs)))
+        with th.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(batch, self.device))
+        values_np = values.flatten().cpu().numpy()
+        return {i: float(values_np[row]) for i, row in zip(envs, rows)}
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """SB3's ``OnPolicyAlgorithm.collect_rollouts``; with the GPT-2 policy the truncated
+        episodes of a step are bootstrapped in one batched call (:meth:`truncation_values`).
+
+        :param env: the training environment.
+        :param callback: called at each step and at the start and end of the rollout.
+        :param rollout_buffer: the buffer to fill.
+        :param n_rollout_steps: experiences to collect per env.
+        :return: ``False`` if a callback stopped the rollout early.
+        """
+        if find_network(self.policy) is None or not isinstance(self._last_obs, dict):
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert self._last_obs is not None, "No previous observation was provided"
+        # Switch to eval mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(False)
+
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+
+        while n_steps < n_rollout_steps:
+            with th.no_grad():
+                # Convert to pytorch tensor or to TensorDict
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)
+                actions, values, log_probs = self.policy(obs_tensor)
+            actions = actions.cpu().numpy()
+
+            new_obs, rewards, dones, infos = env.step(actions)
+
+            self.num_timesteps += env.num_envs
+
+            # Give access to local variables
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            # Reshape in case of discrete action
+            actions = actions.reshape(-1, 1)
+
+            # Handle timeout by bootstrapping with value function (SB3 issue #633), batched
+            for idx, terminal_value in self.truncation_values(infos, dones).items():
+                rewards[idx] += self.gamma * terminal_value
+
+            rollout_buffer.add(
+                self._last_obs,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        with th.no_grad():
+            # Compute value for the last timestep
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+
+        callback.update_locals(locals())
+
+        callback.on_rollout_end()
+
+        return True
 
     # -- buffer preparation -----------------------------------------------------------------------
 

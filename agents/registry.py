@@ -4,7 +4,7 @@ Every agent of the zoo (see :mod:`agents.zoo`) and every plug-in is a *factory*:
 ``factory(env, **kwargs)`` that returns an object meeting the :class:`agents.base.Agent` protocol
 (``learn``, ``predict``, ``save``, ``load``)::
 
-    from agents import make_agent, list_agents, register_agent
+    from agents.registry import list_agents, make_agent, register_agent
 
     list_agents()                      # ['a2c', 'beam', 'dqn', 'greedy', ...]
     agent = make_agent("ppo", "LMCountUp-v0", model="tiny-gpt2", learning_rate=1e-4)
@@ -198,7 +198,14 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
     _DISCOVERED = True
     _PLUGIN_ERRORS.clear()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY and _REGISTRY[ep.name].source != f"plugin:{_dist_name(ep)}":
+        taken = _REGISTRY.get(ep.name)
+        if taken is not None and not taken.source.startswith("plugin:"):
+            warnings.warn(
+                f"lm-gym: the agent plug-in {ep.name!r} ({ep.value}) is ignored: the name is "
+                f"taken by {taken.source}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
         try:
             factory = ep.load()

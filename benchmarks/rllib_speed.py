@@ -1,6 +1,6 @@
 """Sampled env steps per second: RLlib env runners against the single-process SB3 path, same model.
 
-Three figures, all in one run, on one env id and one model (default ``LMCountUp-v0``, 12 new
+Four figures, all in one run, on one env id and one model (default ``LMCountUp-v0``, 12 new
 tokens, and the built-in tiny GPT-2):
 
 * ``sb3``: stock SB3 ``PPO`` with :class:`agents.policies.GPT2ActorCriticPolicy` (KV-cached) collecting
@@ -22,11 +22,12 @@ Scaling model for a cluster (printed with the figures): an iteration of ``B`` en
     T_iter = B / (R * s_runner) + T_sync + B * epochs / (L * s_learner) + T_allreduce
 
 with ``s_runner`` the steps/s of one runner (measured here), ``R`` runners, ``L`` learners,
-``T_sync = W * nodes / bandwidth`` (``W`` bytes per sync, sent once per node that hosts runners,
-not per runner) and ``T_allreduce`` about ``2 W_grad (L-1)/L / bandwidth`` per minibatch (ring
+``T_sync = W * (1 + nodes) / bandwidth`` (``W`` bytes per sync: the first learner's state goes to
+the driver once, then once to each node that hosts runners, not to each runner) and ``T_allreduce`` about ``2 W_grad (L-1)/L / bandwidth`` per minibatch (ring
 all-reduce of the gradients, ``W_grad`` about ``W``). Sampling scales linearly with ``R`` while each
 runner has its own core(s); on this 2-core machine the runners, the driver and Ray's own processes
-share two cores, so a ratio near 1 is what to expect.
+share two cores, so a ratio near 1 is what to expect. Figures measured here are in
+``agents/README_rllib.md``.
 
 Usage::
 
@@ -240,7 +241,7 @@ def main() -> None:
         )
         idle = per_cpu["rllib 1 runner"]
         print(
-            "\nScaling model: T_iter = B/(R*s_runner) + W*nodes/bandwidth + "
+            "\nScaling model: T_iter = B/(R*s_runner) + W*(1+nodes)/bandwidth + "
             "B*epochs/(L*s_learner) + allreduce"
             f"\n  s_runner: {one:.0f} steps/s measured here (1 runner, {args.envs} envs, this load); "
             f"{idle:.0f} steps per CPU-second, so about {idle:.0f} steps/s per runner with a core of "

@@ -1,20 +1,25 @@
 """Tokens per second of SB3 rollout collection with the GPT-2 policy vs ``model.generate()``.
 
-Three ways to produce ``n_envs x new_tokens`` sampled tokens with the same model, in the same run,
-alternately, ``--repeats`` times each:
+Four ways to produce ``n_envs x new_tokens`` sampled tokens with the same model, in the same run,
+alternately, ``--repeats`` times each (the full recompute ``--full-repeats`` times):
 
 * ``generate()``: Hugging Face ``model.generate`` with its KV cache, on the prompts the envs are
   about to start (left-padded batch), sampling from the full distribution (``top_k=0``) for exactly
   ``new_tokens`` tokens (``min_new_tokens``): the reference.
-* SB3 rollout, KV-cached: ``PPO.collect_rollouts`` (one SB3 step per token: policy forward, env
-  step, reward at episode end, rollout buffer) with :class:`agents.policies.GPT2ActorCriticPolicy`
-  keeping each env's ``past_key_values`` across steps.
-* SB3 rollout, full recompute: the same policy with its cache switched off (``policy.kv_cache =
+* EpisodePPO rollout, KV cache: lm-gym's PPO (:class:`agents.ppo.EpisodePPO`): SB3's rollout loop
+  (one step per token: policy forward, env step, reward at episode end, rollout buffer) with
+  :class:`agents.policies.GPT2ActorCriticPolicy` keeping each env's ``past_key_values`` across
+  steps, and the truncated episodes' value bootstraps batched through that cache.
+* SB3 PPO rollout, KV cache: the same policy under stock ``PPO.collect_rollouts`` (one batch-1,
+  full-window ``predict_values`` per truncated episode).
+* SB3 PPO rollout, no cache: the same policy with its cache switched off (``policy.kv_cache =
   None``): the whole window through GPT-2 at every token.
 
-Printed: tokens/s of each, the ratios to ``generate()``, and the peak memory of each (RSS on CPU,
-allocated CUDA memory on GPU). Target on CPU, 6-layer 384-wide GPT-2, 8 envs, 48 new tokens: the
-KV-cached rollout at least 0.8x ``generate()``.
+Printed: tokens/s of each (per wall-clock second and per CPU second of the process, the latter
+less disturbed by other work on a shared machine), the ratios to ``generate()``, the peak memory of
+each (RSS on CPU, allocated CUDA memory on GPU), the KV cache's use and where the EpisodePPO
+rollout's time goes. Target on CPU, 6-layer 384-wide GPT-2, 8 envs, 48 new tokens: the KV-cached
+rollout at least 0.8x ``generate()``.
 
 Usage::
 
@@ -32,7 +37,6 @@ import torch
 from bench_common import (
     Timings,
     add_common_args,
-    collect,
     fmt_rate,
     machine,
     make_ppo,
@@ -43,6 +47,9 @@ from bench_common import (
     timed,
     timed_cpu,
 )
+from stable_baselines3 import PPO
+
+from agents.ppo import EpisodePPO
 
 TARGET = 0.8
 
@@ -161,50 +168,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokens = args.n_envs * args.new_tokens
     times, peaks = Timings(), {}
     breakdown = Breakdown(policy, model.env, device)
-    cached_seconds = 0.0
+    # kind: (collect_rollouts implementation, KV cache on)
+    kinds = {
+        "episode": (EpisodePPO.collect_rollouts, True),
+        "cached": (PPO.collect_rollouts, True),
+        "full": (PPO.collect_rollouts, False),
+    }
+    episode_seconds = 0.0
 
-    def rollout(cached: bool) -> None:
-        nonlocal cached_seconds
+    def rollout(kind: str) -> float:
+        collect_fn, cached = kinds[kind]
         policy.kv_cache = cache if cached else None
-        breakdown.active = cached
-        seconds, _ = timed(lambda: collect(model, callback), device)
+        breakdown.active = kind == "episode"
+        seconds, _ = timed(
+            lambda: collect_fn(model, model.env, callback, model.rollout_buffer, model.n_steps),
+            device,
+        )
         breakdown.active = False
-        if cached:
-            cached_seconds += seconds
+        return seconds
 
     def run(kind: str) -> None:
+        nonlocal episode_seconds
         with peak_memory(device) as peak:
             if kind == "generate":
                 seconds, cpu, n = timed_cpu(
                     lambda: generate_batch(lm, model._last_obs, args.new_tokens, device), device
                 )
             else:
-                seconds, cpu, _ = timed_cpu(lambda: rollout(kind == "cached"), device)
+                seconds, cpu, _ = timed_cpu(lambda: rollout(kind), device)
                 n = tokens
+        if kind == "episode":
+            episode_seconds += seconds
         times.add(kind, n / seconds)
         times.add(kind + "_cpu", n / cpu)
         peaks[kind] = peak
 
     # Warm-up (allocator, kernels, first-call overheads), untimed.
     generate_batch(lm, model._last_obs, args.new_tokens, device)
-    rollout(cached=True)
+    rollout("episode")
     breakdown.seconds = dict.fromkeys(breakdown.seconds, 0.0)
     breakdown.calls = dict.fromkeys(breakdown.calls, 0)
-    cached_seconds = 0.0
-    stats_before = dict(cache.stats)
     for rep in range(args.repeats):
-        order = ("generate", "cached") if rep % 2 == 0 else ("cached", "generate")
-        for kind in order:
+        order = ["generate", "episode", "cached"]
+        for kind in order[rep % 3 :] + order[: rep % 3]:
+            before = dict(cache.stats)
             run(kind)
+            if kind == "episode":
+                for key, value in cache.stats.items():
+                    times.add("rows_" + key, value - before[key])
         if rep < args.full_repeats:
             run("full")
     policy.kv_cache = cache
-    cache_use = {k: cache.stats[k] - stats_before.get(k, 0) for k in cache.stats}
+    cache_use = {key: int(sum(times.values["rows_" + key])) for key in cache.stats}
 
     gen = times.median("generate")
-    rates = {kind: times.median(kind) for kind in ("generate", "cached", "full")}
+    names = ("generate", "episode", "cached", "full")
+    rates = {kind: times.median(kind) for kind in names}
     ratios = {kind: rate / gen for kind, rate in rates.items()}
-    cpu_rates = {kind: times.median(kind + "_cpu") for kind in rates}
+    cpu_rates = {kind: times.median(kind + "_cpu") for kind in names}
     cpu_ratios = {kind: rate / cpu_rates["generate"] for kind, rate in cpu_rates.items()}
     window = model.observation_space["input_ids"].shape[0]
     print("rollout_speed: sampled tokens/s, SB3 rollout with the GPT-2 policy vs generate()")
@@ -215,30 +236,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     labels = {
         "generate": "HF generate() (KV cache)",
-        "cached": "SB3 rollout, KV-cached policy",
-        "full": "SB3 rollout, full recompute",
+        "episode": "EpisodePPO rollout, KV cache",
+        "cached": "SB3 PPO rollout, KV cache",
+        "full": "SB3 PPO rollout, no cache",
     }
-    print(f"{'':<30} {'tokens/s':>9} {'x generate':>10} {'runs':>5}  memory")
+    print(
+        f"{'':<30} {'tokens/s':>9} {'x generate':>10} {'per CPU s':>10} {'x generate':>10} "
+        f"{'runs':>5}  memory"
+    )
     for kind, label in labels.items():
         runs = len(times.values[kind])
         print(
-            f"{label:<30} {fmt_rate(rates[kind]):>9} {ratios[kind]:>10.2f} {runs:>5}  {peaks[kind]}"
+            f"{label:<30} {fmt_rate(rates[kind]):>9} {ratios[kind]:>10.2f} "
+            f"{fmt_rate(cpu_rates[kind]):>10} {cpu_ratios[kind]:>10.2f} {runs:>5}  {peaks[kind]}"
         )
     print(
-        f"KV cache rows during the timed cached rollouts: {cache_use['incremental']} one-token, "
-        f"{cache_use['full']} full recompute, {cache_use['reused']} reused"
+        f"KV cache rows in the timed EpisodePPO rollouts: {cache_use['incremental']} one-token, "
+        f"{cache_use['full']} full-window, {cache_use['reused']} reused"
     )
     parts = ", ".join(
-        f"{name} {100 * sec / cached_seconds:.0f}% ({breakdown.calls[name]} calls)"
+        f"{name} {100 * sec / episode_seconds:.0f}% ({breakdown.calls[name]} calls)"
         for name, sec in breakdown.seconds.items()
     )
-    rest = 100 * (1 - sum(breakdown.seconds.values()) / cached_seconds)
-    print(f"KV-cached rollout time: {parts}, SB3 loop and buffer {rest:.0f}%")
-    flag = "ok" if ratios["cached"] >= TARGET else "BELOW TARGET"
+    rest = 100 * (1 - sum(breakdown.seconds.values()) / episode_seconds)
+    print(f"EpisodePPO rollout time: {parts}, SB3 loop and buffer {rest:.0f}%")
+    flag = "ok" if ratios["episode"] >= TARGET else "BELOW TARGET"
     print(
-        f"KV-cached rollout: {ratios['cached']:.2f}x generate() wall, "
-        f"{cpu_ratios['cached']:.2f}x CPU time (target >= {TARGET}x): {flag}; "
-        f"{rates['cached'] / rates['full']:.1f}x the full-recompute rollout"
+        f"KV-cached rollout: {ratios['episode']:.2f}x generate() wall, "
+        f"{cpu_ratios['episode']:.2f}x CPU time (target >= {TARGET}x): {flag}; "
+        f"{rates['episode'] / rates['full']:.1f}x the full-recompute rollout"
     )
     return {
         "tokens_per_s": rates,

@@ -65,6 +65,8 @@ QUICK_ENV_AGENTS = {
 QUICK_BUDGETS = {"LMToy-v0": 256, "LMWordSort-v0": 1024, "LMCountUp-v0": 768, "LMTranslate-v0": 256}
 #: Budget caps of the quick suite for agents whose timestep is cheap (supervised: one target token).
 QUICK_AGENT_BUDGETS = {"supervised": 4096}
+#: Lower budget caps of the quick suite for the costliest agents (TRPO: Hessian-vector products).
+QUICK_AGENT_CAPS = {"trpo": 512}
 #: Hyperparameter overrides of the quick suite (small rollouts for small budgets).
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     "ppo": {"n_steps": 128, "batch_size": 64},
@@ -76,7 +78,6 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
         "cg_max_steps": 3,
         "n_critic_updates": 1,
         "line_search_max_iter": 3,
-        "sub_sampling_factor": 2,
     },
     "dqn": {"learning_starts": 64, "buffer_size": 2048},
 }
@@ -93,6 +94,14 @@ LM_COLUMNS = (
     "train_tokens_per_s",
     "eval_tokens_per_s",
 )
+
+
+def _quick_cap(agent: str, env_id: str) -> int | None:
+    """The quick suite's training budget cap of one (agent, env id)."""
+    cap = QUICK_AGENT_BUDGETS.get(agent, QUICK_BUDGETS.get(env_id))
+    if agent in QUICK_AGENT_CAPS:
+        cap = min(QUICK_AGENT_CAPS[agent], cap) if cap is not None else QUICK_AGENT_CAPS[agent]
+    return cap
 
 
 def _registered(env_ids: Sequence[str]) -> list[str]:
@@ -227,6 +236,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
+        if abs(value) < 1e-9:
+            return "0"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.2e}"
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
@@ -288,6 +299,8 @@ def learning_curve(run_dir: Path) -> tuple[list[int], list[float]]:
 def plot_curves(rows: list[dict[str, Any]], path: Path, window: int = 20) -> Path | None:
     """Learning curves (rolling mean of training episode rewards vs steps), one panel per env.
 
+    Agents that learn without playing episodes (``supervised``) have no curve.
+
     :param rows: per-seed rows (their ``run_dir`` holds the monitor file).
     :param path: the PNG to write.
     :param window: rolling-mean window in episodes.
@@ -312,15 +325,16 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, window: int = 20) -> Pat
     fig, axes = plt.subplots(
         math.ceil(n / cols), cols, figsize=(6 * cols, 3.6 * math.ceil(n / cols)), squeeze=False
     )
+    styles = ["-", "--", ":", "-."]
     for ax, (env_id, group) in zip(axes.flat, by_env.items()):
-        for row in group:
+        for i, row in enumerate(group):
             steps, rewards = learning_curve(Path(row["run_dir"]))
             if len(rewards) < 2:
                 continue
             w = max(1, min(window, len(rewards) // 4 or 1))
             smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
             label = row["algo"] if row.get("seed", 0) == 0 else None
-            ax.plot(steps[w - 1 :], smooth, label=label, linewidth=1.2)
+            ax.plot(steps[w - 1 :], smooth, label=label, linewidth=1.3, linestyle=styles[i % 4])
         ax.set_title(env_id)
         ax.set_xlabel("env steps (tokens)")
         ax.set_ylabel("training episode reward")
@@ -390,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     overrides = parse_overrides(args.set)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -412,9 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         seed,
                         run_dir,
                         n_timesteps=args.steps,
-                        budget_cap=None
-                        if args.full
-                        else QUICK_AGENT_BUDGETS.get(agent, QUICK_BUDGETS.get(env_id)),
+                        budget_cap=None if args.full else _quick_cap(agent, env_id),
                         eval_episodes=eval_episodes,
                         model=model,
                         overrides=extra,

@@ -219,6 +219,34 @@ def test_episode_minibatches_hold_whole_segments(rollouts) -> None:
     assert trained.logger.name_to_value["train/episode_segments"] == index.n_segments
 
 
+def test_collect_rollouts_equals_stock() -> None:
+    """EpisodePPO's rollout (batched truncation bootstraps through the KV cache) fills the buffer
+    as SB3's collect_rollouts does: same actions, and rewards, values, log-probs and returns equal
+    within float tolerance; the batched bootstrap did run."""
+    fast, stock = _make_model(EpisodePPO), _make_model(PPO)
+    stock.policy.load_state_dict(fast.policy.state_dict())
+    calls = []
+    inner = fast.truncation_values
+
+    def counting(infos, dones):
+        out = inner(infos, dones)
+        calls.append(len(out))
+        return out
+
+    fast.truncation_values = counting
+    buffers = []
+    for model in (stock, fast):
+        th.manual_seed(7)
+        _collect(model, 2)
+        buffers.append(model.rollout_buffer)
+    s, f = buffers
+    assert sum(calls) >= 2  # truncated episodes were bootstrapped
+    assert (s.actions == f.actions).all()
+    assert (s.episode_starts == f.episode_starts).all()
+    for name in ("rewards", "values", "log_probs", "returns", "advantages"):
+        np.testing.assert_allclose(getattr(f, name), getattr(s, name), atol=TOL, err_msg=name)
+
+
 def test_unmatched_transitions_fall_back_to_stock(rollouts) -> None:
     """A window that is not left-padded (here: a hole in its mask) is evaluated the stock way."""
     model, buf = rollouts[1]

@@ -240,6 +240,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 def test_ppo_on_local_cluster_learns_and_resumes(ray_cluster, tmp_path):
     """2 env runners x 4 envs, 2 learners (DDP, gloo), batches of 128 steps (64 per learner,
     minibatches of 16, 2 epochs), lr 1e-2: 1024 steps, then a new algorithm resumes from the

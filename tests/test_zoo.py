@@ -384,8 +384,11 @@ def test_sb3_adapter_continues_step_count() -> None:
 @pytest.mark.slow
 def test_example_package_installs_and_registers(tmp_path: Path) -> None:
     """A real ``pip install`` of the example into a folder, then a fresh interpreter lists it."""
+    import shutil
     import subprocess
 
+    source = tmp_path / "src"  # build from a copy: pip leaves build/ and egg-info behind
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path / "site"
     pip = subprocess.run(
         [
@@ -398,7 +401,7 @@ def test_example_package_installs_and_registers(tmp_path: Path) -> None:
             "-q",
             "--target",
             str(target),
-            str(EXAMPLE),
+            str(source),
         ],
         capture_output=True,
         text=True,
