@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env", default="LMWordSort-v0", help="verifiable env of the PPO part")
-    parser.add_argument("--steps", type=int, default=2048, help="PPO training steps")
+    parser.add_argument("--steps", type=int, default=3072, help="PPO training steps")
     parser.add_argument("--eval-episodes", type=int, default=48, help="episodes per evaluation")
     parser.add_argument("--skip-supervised", action="store_true", help="skip part 4")
     parser.add_argument(

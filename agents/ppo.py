@@ -15,18 +15,29 @@ minibatch's values, log-probabilities and entropies are computed:
    the runs of consecutive steps of one env inside one episode (``episode_starts`` splits them).
    A segment may be cut by the rollout boundary at either end (an episode that began in the last
    rollout, or is still running); that is fine, because the segment's last observation contains
-   every earlier observation of the segment. Each transition is checked against its segment's
-   last observation (same real tokens, shifted by its distance from the end); a transition that
-   does not fit (a non-lm_gym env, a window that overflowed) is evaluated the stock way.
+   every earlier observation of the segment. Each transition is checked against its successor
+   (same real tokens plus one); a transition that does not fit (a non-lm_gym env, a window that
+   overflowed, a hand-made buffer) is evaluated the stock way.
 2. For each minibatch (same indices as SB3's ``RolloutBuffer.get``), the segments it touches are
-   packed, real tokens only, into one padded batch, cut after the last position the minibatch
-   needs, and run through the trunk *once* (:func:`evaluate_episode_actions`). The hidden state of
-   each transition is read at its position; the LM head and the value head run only there.
-3. The PPO loss, clipping, early stopping, gradient clipping and logging are SB3's code, unchanged.
+   packed, real tokens only, into one right-padded batch, cut after the last position the
+   minibatch needs, and run through the trunk *once* (:func:`evaluate_episode_actions`). The
+   hidden state of each transition is read at its position; the LM head and the value head run
+   only there, and the log-probabilities and entropies come from one log-softmax
+   (:func:`categorical_log_prob_entropy`).
+3. The PPO loss (:meth:`EpisodePPO.minibatch_loss`), clipping, early stopping, gradient clipping
+   and logging are SB3's code, unchanged.
 
 Within a minibatch the maths is the stock per-transition computation (causal attention, positions
 ``0..n-1`` for the real tokens in both), equal to it up to floating-point rounding; see
-``tests/test_episode_ppo.py``.
+``tests/test_episode_ppo.py``. The cost: a minibatch runs each episode it touches once instead of
+each of its transitions. SB3's random minibatches touch most episodes of the buffer, so the gain
+grows with the minibatch size; ``episode_minibatches=True`` draws minibatches of whole episodes
+instead (as TRL and RL4LMs do), so that each episode runs once per epoch.
+
+Rollouts are SB3's loop too, with one change: the value bootstraps of truncated episodes (SB3
+calls ``predict_values`` once per truncated env, a batch-1 full-window forward that also resets
+the policy's batched KV cache) are made in one batched call through the KV cache
+(:meth:`EpisodePPO.truncation_values`).
 
 Usage (any policy built on :class:`agents.network.GPT2ActorCritic`)::
 
@@ -108,11 +119,13 @@ def build_episode_index(
 ) -> EpisodeIndex:
     """Group a rollout's transitions into episode segments and check that they nest.
 
-    A transition ``i`` at distance ``k`` from its segment's last transition ``j`` is matched when
-    both windows are left-padded (``mask = [0, ..., 0, 1, ..., 1]`` with at least one real token),
-    ``j`` has exactly ``k`` more real tokens than ``i``, and ``i``'s real tokens are the first ones
-    of ``j``'s. A segment whose last window fails the check is split: the first failing transition
-    from the end starts a new segment with an earlier context.
+    Segments are runs of consecutive steps of one env with no episode start inside. Within a run,
+    transition ``i`` continues into ``i + 1`` when both windows are left-padded (``mask = [0, ...,
+    0, 1, ..., 1]`` with at least one real token), ``i + 1`` has exactly one more real token, and
+    ``i``'s real tokens are the first ones of ``i + 1``'s; a transition that does not continue ends
+    its segment (the next one up starts another). A transition whose own window is not left-padded
+    gets no segment (``-1``: evaluated the stock way). Each segment's context is its last window,
+    which then contains every window of the segment.
 
     :param input_ids: ``(n, W)`` flattened observation ids (env-major, see :class:`EpisodeIndex`).
     :param attention_mask: ``(n, W)`` flattened attention masks.
