@@ -19,6 +19,10 @@ _EXPORTS = {
     "NLPOMaskUpdateCallback": "agents.nlpo",
     "NLPOActionMaskWrapper": "agents.nlpo",
     "export_pretrained": "agents.export",
+    "EpisodePPO": "agents.ppo",
+    "list_agents": "agents.registry",
+    "make_agent": "agents.registry",
+    "register_agent": "agents.registry",
 }
 
 __all__ = sorted(_EXPORTS)

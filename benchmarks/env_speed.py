@@ -55,12 +55,16 @@ def measure(env_id: str, episodes: int, seed: int = 0) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--ids", nargs="*", default=[e.id for e in lm_gym.list_envs(False)])
     args = parser.parse_args()
     os.environ.setdefault("LM_GYM_OFFLINE", "1")
-    print(f"{'env id':<22} {'step/s':>10} {'with reward/s':>14}  target {TARGET_STEPS_PER_S} step/s")
+    print(
+        f"{'env id':<22} {'step/s':>10} {'with reward/s':>14}  target {TARGET_STEPS_PER_S} step/s"
+    )
     for env_id in args.ids:
         step_rate, full_rate = measure(env_id, args.episodes)
         flag = "ok" if step_rate >= TARGET_STEPS_PER_S else "BELOW TARGET"
