@@ -43,7 +43,7 @@ def test_update_speed_quick(bench, capsys) -> None:
 
 def test_rollout_speed_quick(bench, capsys) -> None:
     out = bench.import_module("rollout_speed").main(QUICK)
-    assert set(out["tokens_per_s"]) == {"generate", "cached", "full"}
+    assert set(out["tokens_per_s"]) == {"generate", "episode", "cached", "full"}
     assert all(v > 0 for v in out["tokens_per_s"].values())
     assert out["ratio_to_generate"]["generate"] == 1.0
     text = capsys.readouterr().out
