@@ -213,30 +213,38 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] != "Z"  # a zombie has exited
 
 
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+    except OSError:
+        return "?"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local single-node Ray cluster on the loopback address; every process it started is
-    checked to be gone after ``ray.shutdown()``."""
+    """A local single-node Ray cluster on the loopback address; every process it started (the
+    children of this process that were not there before ``ray.init``) is checked to be gone after
+    ``ray.shutdown()``."""
     if not Path("/proc").is_dir():
         pytest.skip("the process check reads /proc (Linux)")
     assert not ray.is_initialized()
+    before = _descendants(os.getpid())  # other tests' children are not the cluster's
     ray.init(**loopback_ray_init_kwargs(num_cpus=4))
-    started: set[int] = set()
     try:
         yield ray
-        started = _descendants(os.getpid())
     finally:
-        started |= _descendants(os.getpid())
+        started = _descendants(os.getpid()) - before
         ray.shutdown()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_alive(p) for p in started):
             time.sleep(0.2)
-        left = sorted(p for p in started if _alive(p))
+        left = {p: _name(p) for p in sorted(started) if _alive(p)}
         for pid in left:  # do not leave them running, but fail the test
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
     assert not ray.is_initialized()
-    assert not left, f"Ray processes still running after ray.shutdown(): {left}"
+    assert started, "no process of the cluster was seen"
+    assert not left, f"Ray processes still running 60 s after ray.shutdown(): {left}"
 
 
 @pytest.mark.slow
