@@ -24,12 +24,52 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+from gymnasium import spaces
 from torch import nn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["GPT2ActorCritic", "RolloutKVCache", "disable_dropout", "position_ids_from_mask"]
+__all__ = [
+    "GPT2ActorCritic",
+    "RolloutKVCache",
+    "check_lm_spaces",
+    "disable_dropout",
+    "position_ids_from_mask",
+]
+
+
+def check_lm_spaces(
+    observation_space: spaces.Space, action_space: spaces.Space, owner: str = "GPT-2 policies"
+) -> int:
+    """Check that the spaces are an lm-gym env's: ``Dict(input_ids, attention_mask)`` and ``Discrete``.
+
+    :param observation_space: the env's observation space.
+    :param action_space: the env's action space.
+    :param owner: what needs the spaces, named in the error message.
+    :return: the window length.
+    :raises ValueError: with what was expected and what was found.
+    """
+    expected = (
+        "an lm_gym observation space Dict(input_ids=Box(0, V-1, (L,)), attention_mask=Box(0, 1, "
+        "(L,))), as lm_gym.envs.TextEnv produces"
+    )
+    if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
+        "input_ids",
+        "attention_mask",
+    }:
+        raise ValueError(f"{owner}: expected {expected}; got {observation_space}.")
+    ids, mask = observation_space["input_ids"], observation_space["attention_mask"]
+    if not (isinstance(ids, spaces.Box) and isinstance(mask, spaces.Box)):
+        raise ValueError(f"{owner}: expected {expected}; got {observation_space}.")
+    if len(ids.shape) != 1 or ids.shape != mask.shape:
+        raise ValueError(
+            f"{owner}: expected 1-D input_ids and attention_mask of the same length; got "
+            f"{ids.shape} and {mask.shape}."
+        )
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"{owner}: expected a Discrete(vocab) action space; got {action_space}.")
+    return int(ids.shape[0])
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces
 from agents.nlpo import TopPMasker
 
 if TYPE_CHECKING:
@@ -87,36 +87,6 @@ def strict_device(device: str | torch.device = "auto") -> torch.device:
             f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
         )
     return dev
-
-
-def check_lm_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> int:
-    """Check that the spaces are an lm-gym env's: ``Dict(input_ids, attention_mask)`` and ``Discrete``.
-
-    :param observation_space: the env's observation space.
-    :param action_space: the env's action space.
-    :return: the window length.
-    :raises ValueError: with what was expected and what was found.
-    """
-    expected = (
-        "an lm_gym observation space Dict(input_ids=Box(0, V-1, (L,)), attention_mask=Box(0, 1, "
-        "(L,))), as lm_gym.envs.TextEnv produces"
-    )
-    if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
-        "input_ids",
-        "attention_mask",
-    }:
-        raise ValueError(f"GPT-2 policies need {expected}; got {observation_space}.")
-    ids, mask = observation_space["input_ids"], observation_space["attention_mask"]
-    if not (isinstance(ids, spaces.Box) and isinstance(mask, spaces.Box)):
-        raise ValueError(f"GPT-2 policies need {expected}; got {observation_space}.")
-    if len(ids.shape) != 1 or ids.shape != mask.shape:
-        raise ValueError(
-            f"GPT-2 policies need 1-D input_ids and attention_mask of the same length; got "
-            f"{ids.shape} and {mask.shape}."
-        )
-    if not isinstance(action_space, spaces.Discrete):
-        raise ValueError(f"GPT-2 policies need a Discrete(vocab) action space; got {action_space}.")
-    return int(ids.shape[0])
 
 
 def _check_model_fits(net: GPT2ActorCritic, action_space: spaces.Discrete, window: int) -> None:

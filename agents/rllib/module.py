@@ -7,14 +7,13 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
-from gymnasium import spaces
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
-from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces
 from agents.rllib.policy import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
 __all__ = ["GPT2RLModule", "weight_sync_bytes"]
@@ -49,7 +48,7 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
     def setup(self) -> None:
         """Build the network from ``model_config`` and check it against the spaces."""
         cfg = dict(self.model_config or {})
-        window = _check_spaces(self.observation_space, self.action_space)
+        window = check_lm_spaces(self.observation_space, self.action_space, owner="GPT2RLModule")
         self.net = GPT2ActorCritic(
             cfg.get("model", DEFAULT_MODEL),
             value_hidden=int(cfg.get("value_hidden", 0)),
@@ -146,26 +145,6 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
                 f"GPT2RLModule state is missing {missing[:5]}{'...' if len(missing) > 5 else ''}: "
                 "it was saved from a different model."
             )
-
-
-def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> int:
-    """The window length of an lm-gym observation space; ``ValueError`` for anything else."""
-    ok = (
-        isinstance(observation_space, spaces.Dict)
-        and set(observation_space.spaces) == {"input_ids", "attention_mask"}
-        and all(isinstance(s, spaces.Box) for s in observation_space.spaces.values())
-    )
-    if ok:
-        ids, mask = observation_space["input_ids"], observation_space["attention_mask"]
-        ok = len(ids.shape) == 1 and ids.shape == mask.shape
-    if not ok:
-        raise ValueError(
-            "GPT2RLModule needs an lm-gym observation space Dict(input_ids=Box(0, V-1, (L,)), "
-            f"attention_mask=Box(0, 1, (L,))); got {observation_space}."
-        )
-    if not isinstance(action_space, spaces.Discrete):
-        raise ValueError(f"GPT2RLModule needs a Discrete(vocab) action space; got {action_space}.")
-    return int(observation_space["input_ids"].shape[0])
 
 
 def weight_sync_bytes(module: GPT2RLModule) -> dict[str, int]:
