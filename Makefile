@@ -1,35 +1,55 @@
 # Two commands for a fresh machine:  `make demo` (runs the main job) and `make test` (the test suite).
-# Each creates .venv and installs what it needs. On a machine without a GPU the CPU build of torch is
-# installed first (pip takes torch==2.13.0 from a local wheel where one lies; elsewhere it comes from
-# PyTorch's CPU index), so pip never pulls a multi-GB CUDA build. A user with a GPU keeps their torch:
-# create .venv with it first, or set TORCH_SPEC to the build you want.
+# Each creates the virtual environments it needs and installs what it needs. On a machine without
+# a GPU the CPU build of torch is installed first (pip takes torch==2.13.0 from a local wheel where
+# one lies; elsewhere it comes from PyTorch's CPU index), so pip never pulls a multi-GB CUDA build.
+# A user with a GPU keeps their torch: create the venv with it first, or set TORCH_SPEC to the build
+# they want.
+#
+# `make test` = lint, the core suite in $(VENV), then `make test-ray`: the Ray RLlib tests in a
+# second venv, $(VENV_RAY), because ray[rllib] pins a Gymnasium release (1.2.2 for ray 2.60) that
+# the main venv does not track; tests/test_envs.py runs there too, so the env contract is checked
+# under both Gymnasium versions.
 PYTHON ?= python3
 VENV ?= .venv
+VENV_RAY ?= .venv-ray
 PY := $(VENV)/bin/python
+PY_RAY := $(VENV_RAY)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+RAY_TESTS ?= tests/test_rllib.py tests/test_envs.py
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-core test-ray lint format bench clean
 
-$(VENV)/.torch:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || \
-	  $(PY) -m pip install -q "$(TORCH_SPEC)" || \
-	  $(PY) -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
+# One recipe for every venv (the stem % is the venv's folder): the CPU build of torch before
+# anything that depends on torch, unless the venv already has a torch.
+%/.torch:
+	$(PYTHON) -m venv $*
+	$*/bin/python -m pip install -q --upgrade pip
+	$*/bin/python -c "import torch" 2>/dev/null || \
+	  $*/bin/python -m pip install -q "$(TORCH_SPEC)" || \
+	  $*/bin/python -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[agents,test,similarity]"
 	touch $@
 
+$(VENV_RAY)/.installed: $(VENV_RAY)/.torch setup.cfg pyproject.toml
+	$(PY_RAY) -m pip install -q -e ".[agents,test,ray]"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(PY) -m agents.demo
 
-test: $(VENV)/.installed
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+test: lint
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-ray
+
+test-core: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-ray: $(VENV_RAY)/.installed
+	$(PY_RAY) -m pytest -q $(RAY_TESTS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -44,4 +64,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/env_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_RAY) build *.egg-info .pytest_cache .ruff_cache

@@ -226,18 +226,14 @@ def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedMod
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU; an explicit ``"cuda"`` without CUDA raises.
+    """``"auto"``: CUDA when present, else CPU; an explicit ``"cuda"`` without CUDA raises
+    (:func:`agents.network.strict_device`).
 
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     """
-    import torch
+    from agents.network import strict_device
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available.")
-    return dev
+    return strict_device(device)
 
 
 # -- agents written in this package ---------------------------------------------------------------
@@ -246,9 +242,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 class BaseAgent:
     """Shared machinery of the zoo's own agents: env, seed, step counter, logger, save and load.
 
-    Subclasses implement :meth:`predict`, and :meth:`learn` when they learn; they list their
-    constructor options in :attr:`hyperparameters` so that :meth:`save` records them, and keep
-    any learned state in :meth:`_save_state` / :meth:`_load_state`.
+    Subclasses implement :meth:`_predict_batch` (or :meth:`predict` itself), and :meth:`learn`
+    when they learn; they list their constructor options in :attr:`hyperparameters` so that
+    :meth:`save` records them, and keep any learned state in :meth:`_save_state` /
+    :meth:`_load_state`.
 
     :param env: the env the agent acts (and learns) on.
     :param seed: seeds the agent's own random draws.
@@ -313,7 +310,21 @@ class BaseAgent:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Any, None]:
-        """``(action, None)`` for an observation or a batch; subclasses implement it."""
+        """``(action, None)`` for an observation or a batch (subclasses implement
+        :meth:`_predict_batch`).
+
+        :param observation: one observation or a batch (a leading batch axis).
+        :param state: unused (SB3's recurrent state).
+        :param episode_start: unused.
+        :param deterministic: passed to :meth:`_predict_batch` (agents may ignore it).
+        :return: ``(token id, None)``, or ``(int64 array of ids, None)`` for a batch.
+        """
+        obs, single = batch_obs(observation)
+        actions = np.asarray(self._predict_batch(obs, deterministic)).astype(np.int64)
+        return (int(actions[0]) if single else actions), None
+
+    def _predict_batch(self, obs: ObsDict, deterministic: bool) -> np.ndarray:
+        """Hook: the actions ``(batch,)`` for a batch of observations ``(batch, L)``."""
         raise NotImplementedError
 
     # -- persistence ------------------------------------------------------------------------------
@@ -358,6 +369,90 @@ class BaseAgent:
 
     def _load_state(self, folder: Path) -> None:
         """Hook: read learned state from ``folder``."""
+
+
+class LMAgent(BaseAgent):
+    """Base of the agents whose policy is a causal LM acting one token per step.
+
+    It owns the network (:class:`agents.network.GPT2ActorCritic`), a per-env KV cache
+    (:class:`agents.network.RolloutKVCache`: a step computes only the new token) and a torch
+    generator seeded from the agent's ``rng``, for sampling. Subclasses check their own options,
+    then call :meth:`_init_lm`.
+
+    :param env: the env.
+    :param seed: seeds the agent's draws.
+    :param verbose: 0 silent, 1 progress messages.
+    """
+
+    def _init_lm(
+        self,
+        model: str | PreTrainedModel,
+        device: str,
+        *,
+        value_head: bool = False,
+        seeded_init: bool = False,
+    ) -> None:
+        """Build the network, the KV cache and the sampling generator.
+
+        :param model: causal LM name or folder (see :func:`model_for_env`) or a model.
+        :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        :param value_head: build a value head on the trunk.
+        :param seeded_init: build the network with torch's global RNG seeded from the agent's
+            ``rng`` (one draw, before the generator's), leaving the global RNG as it was: a
+            learner's value head is then a function of the seed.
+        """
+        import torch
+
+        from agents.network import GPT2ActorCritic, RolloutKVCache
+
+        self.model = model if isinstance(model, str) else "<object>"
+        self.device = device
+        self._device = resolve_device(device)
+        lm = load_lm_for_env(model, self.env)
+        if seeded_init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.rng.integers(2**31)))
+                self.net = GPT2ActorCritic(lm, value_head=value_head).to(self._device)
+        else:
+            self.net = GPT2ActorCritic(lm, value_head=value_head).to(self._device)
+        self.net.eval()  # dropout is off in GPT2ActorCritic; eval mode keeps rollouts and updates equal
+        self.cache = RolloutKVCache()
+        self._generator = torch.Generator(device=self._device)
+        self._generator.manual_seed(int(self.rng.integers(2**62)))
+
+    @property
+    def lm(self) -> PreTrainedModel:
+        """The causal LM."""
+        return self.net.lm
+
+    def _logits(self, observation: Mapping[str, Any]) -> torch.Tensor:
+        """The next-token logits ``(batch, V)`` of one observation or a batch (no gradient, through
+        the KV cache)."""
+        import torch
+
+        obs, _ = batch_obs(observation)
+        ids = torch.as_tensor(obs["input_ids"], device=self._device).long()
+        mask = torch.as_tensor(obs["attention_mask"], device=self._device).long()
+        with torch.no_grad():
+            logits, _ = self.net(ids, mask, cache=self.cache)
+        return logits
+
+    def _choose(self, scores: torch.Tensor, greedy: bool, *, log_probs: bool = False) -> np.ndarray:
+        """Token ids ``(batch,)``: the argmax of ``scores``, or a draw with the seeded generator.
+
+        :param scores: ``(batch, V)`` logits, or log-probabilities when ``log_probs``.
+        :param greedy: take the argmax.
+        :param log_probs: ``scores`` are log-probabilities (the draw uses their ``exp``, not a
+            softmax).
+        """
+        import torch
+
+        if greedy:
+            actions = scores.argmax(1)
+        else:
+            probs = scores.exp() if log_probs else torch.softmax(scores, -1)
+            actions = torch.multinomial(probs, 1, generator=self._generator).squeeze(1)
+        return actions.cpu().numpy()
 
 
 # -- stable-baselines3 ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import BaseAgent, batch_obs, load_lm_for_env, real_tokens, resolve_device, stop_ids
+from agents.base import BaseAgent, LMAgent, ObsDict, batch_obs, real_tokens, stop_ids
 
 if TYPE_CHECKING:
     import torch
@@ -44,17 +44,9 @@ class RandomAgent(BaseAgent):
     :param verbose: unused.
     """
 
-    def predict(
-        self,
-        observation: Mapping[str, Any],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
-    ) -> tuple[Any, None]:
-        """A uniformly random token (``deterministic`` is ignored)."""
-        obs, single = batch_obs(observation)
-        actions = self.rng.integers(0, self.n_actions, size=len(obs["input_ids"]))
-        return (int(actions[0]) if single else actions.astype(np.int64)), None
+    def _predict_batch(self, obs: ObsDict, deterministic: bool) -> np.ndarray:
+        """Uniformly random tokens (``deterministic`` is ignored)."""
+        return self.rng.integers(0, self.n_actions, size=len(obs["input_ids"]))
 
     def action_log_probs(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
         """``log(1 / V)`` for every action, ``(batch, V)``."""
@@ -90,7 +82,7 @@ def warp_logits(
     return torch.log_softmax(logits, -1)
 
 
-class LMDecodingAgent(BaseAgent):
+class LMDecodingAgent(LMAgent):
     """The untrained language model, decoded greedily or by sampling, one token per step.
 
     :param env: an lm-gym env.
@@ -120,10 +112,6 @@ class LMDecodingAgent(BaseAgent):
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
-        import torch
-
-        from agents.network import GPT2ActorCritic, RolloutKVCache
-
         super().__init__(env, seed=seed, verbose=verbose)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
@@ -131,75 +119,32 @@ class LMDecodingAgent(BaseAgent):
             raise ValueError(f"top_k must be >= 0, got {top_k}.")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-        self.model = model if isinstance(model, str) else "<object>"
         self.greedy = bool(greedy)
         self.temperature = float(temperature)
         self.top_k = int(top_k)
         self.top_p = float(top_p)
-        self.device = device
-        self._device = resolve_device(device)
-        lm = load_lm_for_env(model, env)
-        self.net = GPT2ActorCritic(lm, value_head=False).to(self._device).eval()
-        self.cache = RolloutKVCache()
-        self._generator = torch.Generator(device=self._device)
-        self._generator.manual_seed(int(self.rng.integers(2**62)))
+        self._init_lm(model, device)
         #: whether the weights changed since construction (then :meth:`save` writes them)
         self.weights_changed = False
 
-    @property
-    def lm(self) -> PreTrainedModel:
-        """The causal LM."""
-        return self.net.lm
-
-    def _tensors(self, observation: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _log_probs(self, observation: Mapping[str, Any]) -> torch.Tensor:
         import torch
 
-        obs, single = batch_obs(observation)
-        ids = torch.as_tensor(obs["input_ids"], device=self._device).long()
-        mask = torch.as_tensor(obs["attention_mask"], device=self._device).long()
-        return ids, mask, single
-
-    def _log_probs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.no_grad():
-            logits, _ = self.net(ids, mask, cache=self.cache)
+        logits = self._logits(observation)
         if self.greedy:
             out = torch.full_like(logits, float("-inf"))
             out.scatter_(1, logits.argmax(1, keepdim=True), 0.0)
             return out
         return warp_logits(logits, self.temperature, self.top_k, self.top_p)
 
-    def predict(
-        self,
-        observation: Mapping[str, Any],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
-    ) -> tuple[Any, None]:
-        """The next token: the argmax (greedy) or a draw from the warped distribution.
-
-        :param observation: one observation or a batch.
-        :param state: unused.
-        :param episode_start: unused.
-        :param deterministic: ignored (see the module docstring).
-        :return: ``(token id, None)``, or ``(array of ids, None)`` for a batch.
-        """
-        import torch
-
-        ids, mask, single = self._tensors(observation)
-        logp = self._log_probs(ids, mask)
-        if self.greedy:
-            actions = logp.argmax(1)
-        else:
-            actions = torch.multinomial(logp.exp(), 1, generator=self._generator).squeeze(1)
-        out = actions.cpu().numpy().astype(np.int64)
-        return (int(out[0]) if single else out), None
+    def _predict_batch(self, obs: ObsDict, deterministic: bool) -> np.ndarray:
+        """The argmax (greedy) or a draw from the warped distribution (``deterministic`` is
+        ignored: see the module docstring)."""
+        return self._choose(self._log_probs(obs), self.greedy, log_probs=True)
 
     def action_log_probs(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
         """The decoding distribution's log-probabilities, ``(batch, V)`` (greedy: one-hot)."""
-        ids, mask, _ = self._tensors(observations)
-        return self._log_probs(ids, mask).cpu().numpy()
+        return self._log_probs(observations).cpu().numpy()
 
     def _save_state(self, folder: Path) -> None:
         if self.weights_changed:
@@ -292,29 +237,16 @@ class BeamSearchAgent(LMDecodingAgent):
             self._replan(context)
         return self._plan[context]
 
-    def predict(
-        self,
-        observation: Mapping[str, Any],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
-    ) -> tuple[Any, None]:
-        """The next token of the beam-search plan through this observation.
-
-        :param observation: one observation or a batch.
-        :param state: unused.
-        :param episode_start: unused.
-        :param deterministic: ignored (beam search is deterministic).
-        """
-        obs, single = batch_obs(observation)
-        actions = np.array(
+    def _predict_batch(self, obs: ObsDict, deterministic: bool) -> np.ndarray:
+        """The next token of the beam-search plan through each observation (beam search is
+        deterministic)."""
+        return np.array(
             [
                 self._act({"input_ids": i, "attention_mask": m})
                 for i, m in zip(obs["input_ids"], obs["attention_mask"])
             ],
             dtype=np.int64,
         )
-        return (int(actions[0]) if single else actions), None
 
     def action_log_probs(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
         """One-hot (in log space) of the planned token, ``(batch, V)``."""

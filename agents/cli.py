@@ -75,10 +75,11 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 def cmd_agents(args: argparse.Namespace) -> int:
     """Print the registered agents, plug-ins included."""
-    from agents.registry import agent_spec, discover_agents, list_agents
+    from agents.registry import agent_spec, discover_agents, list_agents, unavailable_agents
 
     errors = discover_agents(refresh=True)
     names = list_agents()
+    missing = unavailable_agents()
     if args.json:
         out = []
         for name in names:
@@ -89,8 +90,11 @@ def cmd_agents(args: argparse.Namespace) -> int:
                     "source": spec.source,
                     "tags": list(spec.tags),
                     "summary": spec.summary,
+                    "available": True,
                 }
             )
+        for name, reason in sorted(missing.items()):
+            out.append({"name": name, "available": False, "summary": f"unavailable: {reason}"})
         print(json.dumps(out, indent=2))
         return 0
     rows = []
@@ -98,6 +102,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
         spec = agent_spec(name)
         rows.append((name, spec.source, ",".join(spec.tags), spec.summary))
     print(_table(rows, ["agent", "source", "tags", "summary"]))
+    for name, reason in sorted(missing.items()):
+        print(f"unavailable here: {name} ({reason})")
     for name, error in errors.items():
         print(f"warning: plug-in {name!r} failed to load: {error}", file=sys.stderr)
     return 0

@@ -12,8 +12,18 @@ copy of the policy's initial LM, made once), with its own KV cache.
 
 The coefficient is fixed, or adaptive with a target KL (the proportional controller of Ziegler et
 al. 2019, as in TRL's ``AdaptiveKLController`` and RL4LMs): after each rollout,
-``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``, ``kl`` being the mean KL
-of the episodes that finished (summed over their tokens).
+``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * min(n_steps / horizon, 1)``, ``kl`` being the
+mean KL of all the episodes that finished during the rollout (each summed over its tokens) and
+``n_steps`` the env steps of the rollout over all envs (TRL counts episodes in both). It moves the
+coefficient by at most 20% per update and never the wrong way, so it tunes a coefficient that
+starts near the one the task needs: over a run of ``T`` steps it can change it by at most
+``1.2 ** (T / horizon)``. The default horizon (10,000 steps) suits runs of 10^5 steps and more;
+short runs need a shorter horizon (a few rollouts) and a sensible initial ``coef``. It cannot undo
+a collapse: a policy that samples one sequence gets the same penalty on every sample, so no
+gradient back towards the reference, whatever the coefficient (see
+``tests/test_learning.py::test_ppo_learns_sentiment_with_bounded_kl``). Checkpoints of
+:func:`agents.training.train_run` keep the coefficient (:meth:`KLPenaltyVecEnv.state_dict`) and a
+resumed run continues with it.
 
 Usage::
 
@@ -30,6 +40,7 @@ wrapped in ``Monitor`` (``make_vec_env`` does it), since the penalty is applied 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,20 +52,57 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from agents.network import GPT2ActorCritic, RolloutKVCache
 from agents.policies import gpt2_network
 
-__all__ = ["AdaptiveKLController", "KLPenaltyCallback", "KLPenaltyVecEnv", "find_kl_wrapper"]
+__all__ = [
+    "AdaptiveKLController",
+    "KLPenaltyCallback",
+    "KLPenaltyVecEnv",
+    "find_kl_wrapper",
+    "kl_wrapper_of",
+]
 
 
 class AdaptiveKLController:
     """KL coefficient: fixed (``target=None``) or adapted towards a target KL per episode.
 
+    After each rollout, ``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * min(n_steps / horizon, 1)``
+    (Ziegler et al. 2019; TRL's ``AdaptiveKLController``, whose ``n_steps`` and ``horizon`` count
+    episodes where these count env steps, i.e. tokens). The coefficient rises while the KL is above
+    the target, falls while it is below, and moves by at most 20% per update: it stays positive
+    (TRL's unbounded ``n_steps / horizon`` turns it negative once a rollout is longer than five
+    horizons, and a negative coefficient then *falls* while the KL is above target).
+
+    A proportional controller corrects the coefficient by a bounded factor per horizon of env
+    steps (at most ``1.2 ** (steps / horizon)``): it tunes a coefficient that starts within a few
+    times of the one the task needs, and cannot find one orders of magnitude away in a short run.
+    Choose ``horizon`` to fit the run (a few rollouts for runs of a few thousand steps; the
+    default 10,000 suits runs of 10^5 steps and more).
+
+    While the policy has not moved yet (the first rollouts, KL near 0) the controller lowers the
+    coefficient at its full rate, so when learning starts it may be several times below its start
+    (measured: 0.02 -> 0.006 after 11 rollouts) and too weak to stop a fast policy from running
+    away. ``min_coef`` bounds that wind-down (``min_coef=coef``: the coefficient only rises above
+    its start).
+
     :param coef: the initial (or fixed) coefficient.
     :param target: target KL per episode (sum over its tokens); ``None`` keeps ``coef`` fixed.
-    :param horizon: steps over which the coefficient may change by about 20%.
+    :param horizon: env steps over which the coefficient changes by at most 20%.
+    :param min_coef: the adaptive coefficient's floor (default 0: none, as in TRL).
     """
 
-    def __init__(self, coef: float = 0.1, target: float | None = None, horizon: int = 10_000):
+    #: the largest relative change of one update (Ziegler et al.'s clip of the proportional error)
+    max_error = 0.2
+
+    def __init__(
+        self,
+        coef: float = 0.1,
+        target: float | None = None,
+        horizon: int = 10_000,
+        min_coef: float = 0.0,
+    ):
         if coef < 0:
             raise ValueError("coef must be non-negative.")
+        if not 0 <= min_coef <= coef:
+            raise ValueError("min_coef must be between 0 and coef.")
         if target is not None and target <= 0:
             raise ValueError("target KL must be positive.")
         if horizon <= 0:
@@ -62,16 +110,37 @@ class AdaptiveKLController:
         self.value = float(coef)
         self.target = target
         self.horizon = horizon
+        self.min_coef = float(min_coef)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Adapt the coefficient after ``n_steps`` env steps with mean episode KL ``current_kl``.
 
+        :param current_kl: the mean KL per episode of the rollout (NaN or inf: no change).
+        :param n_steps: env steps since the last update, summed over the vector env's envs.
         :return: the new coefficient.
         """
-        if self.target is not None and np.isfinite(current_kl):
-            error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
-            self.value *= 1.0 + error * n_steps / self.horizon
+        if self.target is not None and np.isfinite(current_kl) and n_steps > 0:
+            error = float(np.clip(current_kl / self.target - 1.0, -self.max_error, self.max_error))
+            step = 1.0 + error * min(n_steps / self.horizon, 1.0)
+            self.value = max(self.value * step, self.min_coef)
         return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The controller's state (JSON-serialisable), for checkpoints."""
+        return {
+            "coef": self.value,
+            "target": self.target,
+            "horizon": self.horizon,
+            "min_coef": self.min_coef,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the coefficient saved by :meth:`state_dict` (target, horizon and floor stay
+        those of this controller, i.e. of the run's configuration)."""
+        coef = float(state["coef"])
+        if not np.isfinite(coef) or coef < 0:
+            raise ValueError(f"Saved KL coefficient {coef} is not a non-negative number.")
+        self.value = coef
 
 
 class KLPenaltyVecEnv(VecEnvWrapper):
@@ -80,11 +149,15 @@ class KLPenaltyVecEnv(VecEnvWrapper):
     :param venv: the vector env (lm-gym envs, usually inside ``Monitor``).
     :param coef: initial (or fixed) KL coefficient.
     :param target_kl: target KL per episode for the adaptive coefficient; ``None``: fixed.
-    :param horizon: the adaptive controller's horizon in env steps.
+    :param horizon: the adaptive controller's horizon in env steps (see
+        :class:`AdaptiveKLController`: fit it to the run's length).
+    :param min_coef: the adaptive coefficient's floor (default 0).
     :param reference: the frozen reference: ``None`` (a copy of the attached policy's initial LM,
         made once), a model name/folder/``PreTrainedModel``, or a :class:`GPT2ActorCritic`. Never
         copied per env.
-    :param stats_window: number of finished episodes kept for the statistics.
+    :param stats_window: finished episodes kept in :attr:`episode_kl`, :attr:`episode_task_reward`
+        and :attr:`episode_tokens` (a recent window for plots; the controller and
+        :meth:`pop_episode_stats` use every episode finished since the last pop).
     """
 
     def __init__(
@@ -93,11 +166,12 @@ class KLPenaltyVecEnv(VecEnvWrapper):
         coef: float = 0.1,
         target_kl: float | None = None,
         horizon: int = 10_000,
+        min_coef: float = 0.0,
         reference: Any = None,
         stats_window: int = 100,
     ) -> None:
         super().__init__(venv)
-        self.controller = AdaptiveKLController(coef, target_kl, horizon)
+        self.controller = AdaptiveKLController(coef, target_kl, horizon, min_coef)
         self.reference: GPT2ActorCritic | None = None
         if reference is not None:
             self.reference = (
@@ -119,6 +193,8 @@ class KLPenaltyVecEnv(VecEnvWrapper):
         self.episode_kl: deque[float] = deque(maxlen=stats_window)
         self.episode_task_reward: deque[float] = deque(maxlen=stats_window)
         self.episode_tokens: deque[int] = deque(maxlen=stats_window)
+        # sums over the episodes finished since the last pop: KL, task reward, tokens, episodes
+        self._since_pop = np.zeros(4)
         self.steps_since_update = 0
         self.reused_policy_logits = 0
         self.recomputed_policy_logits = 0
@@ -206,28 +282,26 @@ class KLPenaltyVecEnv(VecEnvWrapper):
             self.episode_kl.append(float(self._ep_kl[i]))
             self.episode_task_reward.append(float(self._ep_task[i]))
             self.episode_tokens.append(int(self._ep_len[i]))
+            self._since_pop += (self._ep_kl[i], self._ep_task[i], self._ep_len[i], 1.0)
             self._ep_kl[i] = self._ep_task[i] = 0.0
             self._ep_len[i] = 0
         self._obs = obs  # type: ignore[assignment]
         return obs, shaped, dones, infos
 
     def pop_episode_stats(self) -> dict[str, float]:
-        """Mean KL (per episode and per token) and task reward of the episodes finished since the
-        last call; empty when none finished."""
-        if not self.episode_kl:
+        """Mean KL (per episode and per token) and task reward of all the episodes finished since
+        the last call (however many: not only the last ``stats_window``); empty when none
+        finished."""
+        kl, task, tokens, episodes = self._since_pop
+        if episodes == 0:
             return {}
-        kl = np.asarray(self.episode_kl)
-        tokens = np.asarray(self.episode_tokens)
-        out = {
-            "kl": float(kl.mean()),
-            "kl_per_token": float(kl.sum() / max(tokens.sum(), 1)),
-            "task_reward": float(np.mean(self.episode_task_reward)),
-            "episodes": float(len(kl)),
+        self._since_pop[:] = 0.0
+        return {
+            "kl": float(kl / episodes),
+            "kl_per_token": float(kl / max(tokens, 1.0)),
+            "task_reward": float(task / episodes),
+            "episodes": float(episodes),
         }
-        self.episode_kl.clear()
-        self.episode_task_reward.clear()
-        self.episode_tokens.clear()
-        return out
 
     def update_coef(self, episode_kl: float) -> float:
         """Adapt the coefficient with the mean episode KL since the last update (see
@@ -235,6 +309,17 @@ class KLPenaltyVecEnv(VecEnvWrapper):
         value = self.controller.update(episode_kl, self.steps_since_update)
         self.steps_since_update = 0
         return value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The KL controller's state (coefficient, target, horizon), JSON-serialisable: what a
+        checkpoint keeps (``state.json`` of :func:`agents.training.train_run`)."""
+        return self.controller.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue with the coefficient of :meth:`state_dict` (see
+        :meth:`AdaptiveKLController.load_state_dict`)."""
+        self.controller.load_state_dict(state)
+        self.steps_since_update = 0
 
 
 def find_kl_wrapper(env: VecEnv | None) -> KLPenaltyVecEnv | None:
@@ -244,6 +329,15 @@ def find_kl_wrapper(env: VecEnv | None) -> KLPenaltyVecEnv | None:
             return env
         env = getattr(env, "venv", None)
     return None
+
+
+def kl_wrapper_of(obj: Any) -> KLPenaltyVecEnv | None:
+    """The :class:`KLPenaltyVecEnv` of a vec env, an SB3 model or a zoo agent (through its
+    ``get_env()``), if any."""
+    if not isinstance(obj, VecEnv):
+        get_env = getattr(obj, "get_env", None)
+        obj = get_env() if callable(get_env) else None
+    return find_kl_wrapper(obj) if isinstance(obj, VecEnv) else None
 
 
 class KLPenaltyCallback(BaseCallback):

@@ -36,7 +36,27 @@ __all__ = [
     "check_lm_spaces",
     "disable_dropout",
     "position_ids_from_mask",
+    "strict_device",
 ]
+
+
+def strict_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve a device like SB3's ``get_device``, but never fall back silently to the CPU.
+
+    :param device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+        or a ``torch.device``.
+    :return: the device.
+    :raises RuntimeError: CUDA was asked for explicitly and is not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
+        )
+    return dev
 
 
 def check_lm_spaces(
@@ -280,23 +300,39 @@ class GPT2ActorCritic(nn.Module):
 class RolloutKVCache:
     """Per-env ``past_key_values`` kept across rollout steps (one batched cache, one row per env).
 
-    The cache always spans the full observation window (``length`` positions), so rows that continue
-    and rows that restart line up. For a row whose window ``w'`` equals its previous window ``w``
-    shifted left by one (``w'[:-1] == w[1:]``, with ``w[0]`` padding and ``w'[-1]`` a real token),
-    the key/values of ``w[1:]`` are kept and only the new token is computed (one position). A row
-    whose window is unchanged reuses its last hidden state. Any other row is recomputed from
-    scratch. The whole cache is dropped when the batch shape changes or the network's parameters
-    change (see :meth:`GPT2ActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
+    The cache covers only the last :attr:`width` columns of the observation window: the leading
+    columns that are padding in every row of the batch are neither computed nor attended to (an
+    lm-gym window is ``max_prompt_tokens + max_new_tokens`` wide, mostly padding early in an
+    episode). Invariant: in every row, the window's columns before the cached ones are padding; a
+    row whose real tokens start later than the cache holds zero keys and values there, masked
+    out by its attention mask like any other padding.
+
+    For a row whose window ``w'`` equals its previous window ``w`` shifted left by one
+    (``w'[:-1] == w[1:]``, with ``w[0]`` padding and ``w'[-1]`` a real token), the cached keys and
+    values are kept and only the new token is computed (one position; the cache grows by one
+    column until it spans the whole window). A row whose window is unchanged reuses its last hidden
+    state. Any other row (a new episode, a different env order, anything unexpected) is recomputed
+    from scratch, from the first column where one of those rows has a real token. After each call
+    the cache is cut to the first column where any row has a real token. The whole cache is dropped
+    when the batch shape changes or the network's parameters change (see
+    :meth:`GPT2ActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
     """
 
     def __init__(self) -> None:
         self.input_ids: torch.Tensor | None = None
         self.attention_mask: torch.Tensor | None = None
+        #: per layer, keys and values ``(batch, heads, width, head_dim)`` of the last ``width``
+        #: window columns
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.hidden: torch.Tensor | None = None
         self.version: int | None = None
         #: counts of rows served from the cache, one token, and full recomputes (for tests/stats)
         self.stats = {"reused": 0, "incremental": 0, "full": 0}
+
+    @property
+    def width(self) -> int:
+        """Window columns held (the last ``width`` ones); 0 when empty."""
+        return int(self.layers[0][0].shape[2]) if self.layers else 0
 
     def reset(self) -> None:
         """Forget everything (the next call recomputes every row)."""
@@ -304,25 +340,41 @@ class RolloutKVCache:
         self.layers = []
         self.version = None
 
-    def _valid_for(self, net: GPT2ActorCritic, ids: torch.Tensor) -> bool:
+    def _valid_for(self, version: int, ids: torch.Tensor) -> bool:
         return (
             self.input_ids is not None
             and self.input_ids.shape == ids.shape
             and self.input_ids.device == ids.device
-            and self.version == net.param_version()
+            and bool(self.layers)
+            and self.version == version
         )
 
     @staticmethod
     def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+        """A ``DynamicCache`` holding ``layers`` without copying them (``DynamicCache(
+        ddp_cache_data=...)`` concatenates each layer onto an empty tensor: one more copy of the
+        whole cache per step)."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=layers)
+        cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in layers])
+        cache_layers = getattr(cache, "layers", None)
+        if cache_layers is None or len(cache_layers) != len(layers):  # other cache layouts
+            return DynamicCache(ddp_cache_data=layers)
+        for layer, (k, v) in zip(cache_layers, layers):
+            layer.keys, layer.values = k, v
+        return cache
 
     @staticmethod
     def _layers_of(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if hasattr(cache, "layers"):
             return [(layer.keys, layer.values) for layer in cache.layers]
         return [(k, v) for k, v in cache]  # legacy tuple-of-tuples caches
+
+    @staticmethod
+    def _first_real(mask: torch.Tensor) -> int:
+        """The first column where any row has a real token (``length - 1`` if none has)."""
+        leading = (mask.cumsum(1) == 0).sum(1)  # leading padding columns of each row
+        return min(int(leading.min()), mask.shape[1] - 1)
 
     def last_hidden(
         self, net: GPT2ActorCritic, ids: torch.Tensor, mask: torch.Tensor
@@ -334,11 +386,12 @@ class RolloutKVCache:
         :param mask: ``(batch, length)`` long attention mask.
         :return: ``(batch, hidden)``.
         """
-        batch = ids.shape[0]
+        batch, length = ids.shape
+        version = net.param_version()
         full = torch.ones(batch, dtype=torch.bool, device=ids.device)
         same = torch.zeros_like(full)
         step = torch.zeros_like(full)
-        if self._valid_for(net, ids):
+        if self._valid_for(version, ids):
             assert self.input_ids is not None and self.attention_mask is not None
             pid, pmask = self.input_ids, self.attention_mask
             same = (ids == pid).all(1) & (mask == pmask).all(1)
@@ -355,24 +408,32 @@ class RolloutKVCache:
         self.stats["incremental"] += n_step
         self.stats["full"] += n_full
 
+        # (rows, last hidden states, layers of the rows' last columns; widths may differ)
         parts: list[tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         if n_same:
             idx = same.nonzero().squeeze(1)
             assert self.hidden is not None
-            parts.append((idx, self.hidden[idx], [(k[idx], v[idx]) for k, v in self.layers]))
+            layers = self.layers
+            if n_same < batch:
+                layers = [(k[idx], v[idx]) for k, v in layers]
+            parts.append((idx, self.hidden[idx] if n_same < batch else self.hidden, layers))
         if n_step:
             idx = step.nonzero().squeeze(1)
             old = self.layers
             if n_step < batch:
                 old = [(k[idx], v[idx]) for k, v in old]
-            past = self._cache_from([(k[:, :, 1:], v[:, :, 1:]) for k, v in old])
+            # the window moved left by one: its first column (padding) leaves the cache if held
+            keep = min(self.width, length - 1)
+            if keep < self.width:
+                drop = self.width - keep
+                old = [(k[:, :, drop:], v[:, :, drop:]) for k, v in old]
             m = mask[idx] if n_step < batch else mask
             pos = (m.sum(1, keepdim=True) - 1).clamp(min=0)
             hidden, cache = net.run_trunk(
                 (ids[idx] if n_step < batch else ids)[:, -1:],
-                m,
+                m[:, -(keep + 1) :],
                 position_ids=pos,
-                past_key_values=past,
+                past_key_values=self._cache_from(old),
                 use_cache=True,
             )
             parts.append((idx, hidden[:, -1], self._layers_of(cache)))
@@ -380,31 +441,49 @@ class RolloutKVCache:
             idx = full.nonzero().squeeze(1)
             sub_ids = ids[idx] if n_full < batch else ids
             sub_mask = mask[idx] if n_full < batch else mask
-            hidden, cache = net.run_trunk(sub_ids, sub_mask, use_cache=True)
+            first = self._first_real(sub_mask)  # all-padding leading columns are skipped
+            hidden, cache = net.run_trunk(sub_ids[:, first:], sub_mask[:, first:], use_cache=True)
             parts.append((idx, hidden[:, -1], self._layers_of(cache)))
 
         if len(parts) == 1:
             _, out, layers = parts[0]
         else:
-            out = torch.empty(
-                batch, parts[0][1].shape[-1], dtype=parts[0][1].dtype, device=ids.device
-            )
-            layers = [
-                (
-                    torch.empty((batch, *k.shape[1:]), dtype=k.dtype, device=k.device),
-                    torch.empty((batch, *v.shape[1:]), dtype=v.dtype, device=v.device),
-                )
-                for k, v in parts[0][2]
-            ]
-            for idx, h, part_layers in parts:
-                out[idx] = h
-                for (k_all, v_all), (k, v) in zip(layers, part_layers):
-                    k_all[idx] = k
-                    v_all[idx] = v
+            out, layers = self._merge(parts, batch)
+        first = self._first_real(mask)
+        drop = layers[0][0].shape[2] - (length - first) if layers else 0
+        if drop > 0:
+            layers = [(k[:, :, drop:], v[:, :, drop:]) for k, v in layers]
         self.input_ids, self.attention_mask = ids.clone(), mask.clone()
         self.hidden, self.layers = out, layers
-        self.version = net.param_version()
+        self.version = version
         return out
+
+    @staticmethod
+    def _merge(
+        parts: list[tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]],
+        batch: int,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One batch from row groups of different cache widths: narrower groups are left-padded
+        with zero keys and values (padding columns of their windows, masked out)."""
+        h0, layers0 = parts[0][1], parts[0][2]
+        out = torch.empty(batch, h0.shape[-1], dtype=h0.dtype, device=h0.device)
+        widths = [p[2][0][0].shape[2] for p in parts]
+        width = max(widths)
+        new = torch.zeros if min(widths) < width else torch.empty
+        layers = [
+            (
+                new((batch, k.shape[1], width, k.shape[3]), dtype=k.dtype, device=k.device),
+                new((batch, v.shape[1], width, v.shape[3]), dtype=v.dtype, device=v.device),
+            )
+            for k, v in layers0
+        ]
+        for idx, h, part_layers in parts:
+            out[idx] = h
+            for (k_all, v_all), (k, v) in zip(layers, part_layers):
+                w = k.shape[2]
+                k_all[idx, :, width - w :] = k
+                v_all[idx, :, width - w :] = v
+        return out, layers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.layers)

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from sb3_contrib.common.maskable.distributions import MaskableDistribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
@@ -45,7 +44,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces
+from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces, strict_device
 from agents.nlpo import TopPMasker
 
 if TYPE_CHECKING:
@@ -68,25 +67,6 @@ __all__ = [
 RECOMMENDED_LR_PRETRAINED = 1e-5
 #: Learning rate for the randomly initialised built-in tiny GPT-2 (tests, CPU examples).
 RECOMMENDED_LR_TINY = 1e-3
-
-
-def strict_device(device: str | torch.device = "auto") -> torch.device:
-    """Resolve a device like SB3's ``get_device``, but never fall back silently to the CPU.
-
-    :param device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
-        or a ``torch.device``.
-    :return: the device.
-    :raises RuntimeError: CUDA was asked for explicitly and is not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(device)!r} was asked for but CUDA is not available (torch "
-            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
-        )
-    return dev
 
 
 def _check_model_fits(net: GPT2ActorCritic, action_space: spaces.Discrete, window: int) -> None:
@@ -165,43 +145,88 @@ class _LastLogits:
         return self.logits
 
 
-class GPT2PolicyMixin:
+class _GPT2PolicyBase:
+    """What every GPT-2 policy of this module checks and builds the same way: lm-gym spaces, a
+    strict device request, the network (checked against the action space and the window), and a
+    ``to`` that refuses to leave the requested device.
+
+    Subclasses call :meth:`_check_gpt2` and fill ``_gpt2_kwargs`` before their SB3 base
+    ``__init__``, and build with :meth:`_new_gpt2_net` in ``_build``.
+    """
+
+    _gpt2_kwargs: dict[str, Any]
+
+    def _check_gpt2(
+        self, observation_space: spaces.Space, action_space: spaces.Space, device: str | None
+    ) -> None:
+        self._window = check_lm_spaces(observation_space, action_space)
+        self._required_device = strict_device(device) if device is not None else None
+
+    def _new_gpt2_net(self, value_head: bool) -> GPT2ActorCritic:
+        kw = self._gpt2_kwargs
+        net = GPT2ActorCritic(
+            kw["model"],
+            value_head=value_head,
+            value_hidden=kw.get("value_hidden", 0),
+            bf16=kw["bf16"],
+            dropout=kw["dropout"],
+            attn_implementation=kw.get("attn_implementation"),
+        )
+        _check_model_fits(net, self.action_space, self._window)  # type: ignore[attr-defined]
+        return net
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.to``, refusing to leave a device asked for with ``policy_kwargs["device"]``.
+
+        SB3's algorithms fall back silently to the CPU when ``device="cuda"`` is not available; a
+        policy built with ``device="cuda"`` raises instead.
+        """
+        return _strict_to(self, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class GPT2PolicyMixin(_GPT2PolicyBase):
     """The GPT-2 parts shared by the actor-critic policies (SB3's and sb3-contrib's base classes
     differ, so they are shared through this mixin rather than a common base class).
 
-    Subclasses call :meth:`_init_gpt2` before their SB3 base ``__init__`` and :meth:`_build_gpt2` in
-    ``_build``.
+    It owns the constructor (its options are documented in :class:`GPT2ActorCriticPolicy`), the
+    build, the saved constructor parameters and SB3's forward methods. The action distribution is
+    made by :meth:`_dist`, which :class:`MaskableGPT2ActorCriticPolicy` overrides to mask it.
     """
 
     net: GPT2ActorCritic
     optimizer: torch.optim.Optimizer
 
-    def _init_gpt2(
+    def __init__(
         self,
         observation_space: spaces.Space,
         action_space: spaces.Space,
-        model: str | PreTrainedModel,
-        value_hidden: int,
-        bf16: bool,
-        kv_cache: bool,
-        dropout: bool,
-        device: str | None,
-        ortho_init: bool,
+        lr_schedule: Schedule,
+        model: str | PreTrainedModel = "gpt2",
+        value_hidden: int = 0,
+        bf16: bool = False,
+        kv_cache: bool = True,
+        dropout: bool = False,
+        device: str | None = None,
         attn_implementation: str | None = None,
+        ortho_init: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        self._window = check_lm_spaces(observation_space, action_space)
+        if kwargs.get("use_sde"):
+            raise ValueError("use_sde does not apply to a categorical (token) policy.")
+        self._check_gpt2(observation_space, action_space, device)
         if ortho_init:
             warnings.warn(
                 "ortho_init=True is ignored by GPT-2 policies: SB3's orthogonal init would wipe the "
                 "pretrained LM head and (tied) token embedding.",
-                stacklevel=3,
+                stacklevel=2,
             )
-        self._required_device = strict_device(device) if device is not None else None
         if bf16 and not torch.cuda.is_available():
             warnings.warn(
-                "bf16=True applies on CUDA only; running in float32 on CPU.", stacklevel=3
+                "bf16=True applies on CUDA only; running in float32 on CPU.", stacklevel=2
             )
-        self._gpt2_kwargs: dict[str, Any] = {
+        self._gpt2_kwargs = {
             "model": model,
             "value_hidden": value_hidden,
             "bf16": bf16,
@@ -212,18 +237,18 @@ class GPT2PolicyMixin:
         }
         self.kv_cache = RolloutKVCache() if kv_cache else None
         self._last_logits = _LastLogits()
-
-    def _build_gpt2(self, lr_schedule: Schedule, value_head: bool = True) -> None:
-        kw = self._gpt2_kwargs
-        self.net = GPT2ActorCritic(
-            kw["model"],
-            value_head=value_head,
-            value_hidden=kw["value_hidden"],
-            bf16=kw["bf16"],
-            dropout=kw["dropout"],
-            attn_implementation=kw["attn_implementation"],
+        super().__init__(  # type: ignore[call-arg]
+            observation_space,
+            action_space,
+            lr_schedule,
+            ortho_init=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            **kwargs,
         )
-        _check_model_fits(self.net, self.action_space, self._window)  # type: ignore[attr-defined]
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self.net = self._new_gpt2_net(value_head=True)
         self._build_extra()  # before the optimizer: frozen parts stay out of it
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
         self.optimizer = self.optimizer_class(  # type: ignore[attr-defined]
@@ -235,7 +260,8 @@ class GPT2PolicyMixin:
     def _build_extra(self) -> None:
         """Hook: build further modules after the network, before the optimizer."""
 
-    def _gpt2_constructor_parameters(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
         for key in ("net_arch", "activation_fn", "use_sde", "log_std_init", "full_std"):
             data.pop(key, None)
         for key in ("use_expln", "squash_output", "share_features_extractor"):
@@ -244,16 +270,6 @@ class GPT2PolicyMixin:
         data["ortho_init"] = False
         return data
 
-    # -- device -----------------------------------------------------------------------------------
-
-    def to(self, *args: Any, **kwargs: Any) -> Any:
-        """``nn.Module.to``, refusing to leave a device asked for with ``policy_kwargs["device"]``.
-
-        SB3's algorithms fall back silently to the CPU when ``device="cuda"`` is not available; a
-        policy built with ``device="cuda"`` raises instead.
-        """
-        return _strict_to(self, *args, **kwargs)  # type: ignore[arg-type]
-
     # -- forward helpers --------------------------------------------------------------------------
 
     def _outputs(
@@ -261,7 +277,7 @@ class GPT2PolicyMixin:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Ids, logits (batch, vocab) and values (batch, 1); KV-cached in no-grad eval-mode calls."""
         ids, mask = _split_obs(obs)
-        rollout = not torch.is_grad_enabled() and not self.training
+        rollout = not torch.is_grad_enabled() and not self.training  # type: ignore[attr-defined]
         cache = self.kv_cache if rollout else None
         h = self.net.last_hidden(ids, mask, cache)
         logits = self.net.logits_from_hidden(h)
@@ -269,6 +285,89 @@ class GPT2PolicyMixin:
             self._last_logits.store(ids, logits)
         values = self.net.value_from_hidden(h).unsqueeze(-1) if with_value else None
         return ids, logits, values
+
+    def _dist(
+        self,
+        ids: torch.Tensor,
+        obs: PyTorchObs,
+        logits: torch.Tensor,
+        action_masks: np.ndarray | torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+    ) -> Distribution:
+        """The categorical distribution over the vocabulary at ``logits``, masked by
+        ``action_masks`` or else by :meth:`_default_masks` (the NLPO mask of the maskable policy).
+
+        :param ids: the observations' ids (long).
+        :param obs: the observations.
+        :param logits: ``(batch, vocab)``.
+        :param action_masks: masks given by the caller (only the maskable policy takes them).
+        :param actions: the actions being evaluated (training), or ``None``.
+        :raises TypeError: masks given to a policy whose distribution does not mask.
+        """
+        dist = self.action_dist.proba_distribution(action_logits=logits)  # type: ignore[attr-defined]
+        masks = self._default_masks(ids, obs, actions) if action_masks is None else action_masks
+        if masks is not None:
+            if not hasattr(dist, "apply_masking"):
+                raise TypeError(f"{type(self).__name__} takes no action masks.")
+            dist.apply_masking(masks)
+        return dist
+
+    def _default_masks(
+        self, ids: torch.Tensor, obs: PyTorchObs, actions: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Hook: the action masks when the caller gives none (``None``: no masking)."""
+        return None
+
+    # -- SB3's policy methods ---------------------------------------------------------------------
+
+    def forward(
+        self,
+        obs: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions, values ``(batch, 1)`` and log-probabilities (KV-cached under no-grad)."""
+        ids, logits, values = self._outputs(obs)
+        dist = self._dist(ids, obs, logits, action_masks)
+        actions = dist.get_actions(deterministic=deterministic)
+        assert values is not None
+        return actions, values, dist.log_prob(actions)
+
+    def evaluate_actions(
+        self,
+        obs: PyTorchObs,
+        actions: torch.Tensor,
+        action_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Values, log-probabilities and entropy for training (full forward, no cache)."""
+        ids, logits, values = self._outputs(obs)
+        dist = self._dist(ids, obs, logits, action_masks, actions)
+        assert values is not None
+        return values, dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(
+        self, obs: PyTorchObs, action_masks: np.ndarray | None = None
+    ) -> Distribution:
+        """The (masked, for the maskable policy) categorical distribution over the vocabulary."""
+        ids, logits, _ = self._outputs(obs, with_value=False)
+        return self._dist(ids, obs, logits, action_masks)
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        """Values ``(batch, 1)``."""
+        _, _, values = self._outputs(obs)
+        assert values is not None
+        return values
+
+    def _predict(
+        self,
+        observation: PyTorchObs,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        dist = self.get_distribution(observation, action_masks)
+        return dist.get_actions(deterministic=deterministic)
+
+    # -- KV cache ---------------------------------------------------------------------------------
 
     def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The LM-head logits of the last rollout call if it was made on exactly ``input_ids``.
@@ -298,6 +397,8 @@ class GPT2PolicyMixin:
 class GPT2ActorCriticPolicy(GPT2PolicyMixin, ActorCriticPolicy):
     """Actor-critic policy for ``PPO`` / ``A2C`` (and sb3-contrib ``TRPO``) with a GPT-2 head.
 
+    The constructor, build and forward methods are :class:`GPT2PolicyMixin`'s.
+
     :param observation_space: an lm-gym ``Dict(input_ids, attention_mask)`` space.
     :param action_space: ``Discrete(V)``, V the model's vocabulary.
     :param lr_schedule: SB3's learning-rate schedule.
@@ -317,86 +418,6 @@ class GPT2ActorCriticPolicy(GPT2PolicyMixin, ActorCriticPolicy):
     :raises ValueError: wrong observation/action space, vocabulary mismatch, unknown model.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        model: str | PreTrainedModel = "gpt2",
-        value_hidden: int = 0,
-        bf16: bool = False,
-        kv_cache: bool = True,
-        dropout: bool = False,
-        device: str | None = None,
-        attn_implementation: str | None = None,
-        ortho_init: bool = False,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
-        optimizer_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if kwargs.get("use_sde"):
-            raise ValueError("use_sde does not apply to a categorical (token) policy.")
-        self._init_gpt2(
-            observation_space,
-            action_space,
-            model,
-            value_hidden,
-            bf16,
-            kv_cache,
-            dropout,
-            device,
-            ortho_init,
-            attn_implementation,
-        )
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            ortho_init=False,
-            optimizer_class=optimizer_class,
-            optimizer_kwargs=optimizer_kwargs,
-            **kwargs,
-        )
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        self._build_gpt2(lr_schedule)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return self._gpt2_constructor_parameters(super()._get_constructor_parameters())
-
-    def forward(
-        self, obs: PyTorchObs, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Actions, values ``(batch, 1)`` and log-probabilities (KV-cached under no-grad)."""
-        _, logits, values = self._outputs(obs)
-        dist = self.action_dist.proba_distribution(action_logits=logits)
-        actions = dist.get_actions(deterministic=deterministic)
-        assert values is not None
-        return actions, values, dist.log_prob(actions)
-
-    def evaluate_actions(
-        self, obs: PyTorchObs, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Values, log-probabilities and entropy for training (full forward, no cache)."""
-        _, logits, values = self._outputs(obs)
-        dist = self.action_dist.proba_distribution(action_logits=logits)
-        assert values is not None
-        return values, dist.log_prob(actions), dist.entropy()
-
-    def get_distribution(self, obs: PyTorchObs) -> Distribution:
-        """The categorical distribution over the vocabulary."""
-        _, logits, _ = self._outputs(obs, with_value=False)
-        return self.action_dist.proba_distribution(action_logits=logits)
-
-    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
-        """Values ``(batch, 1)``."""
-        _, _, values = self._outputs(obs)
-        assert values is not None
-        return values
-
-    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> torch.Tensor:
-        return self.get_distribution(observation).get_actions(deterministic=deterministic)
-
 
 class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
     """GPT-2 actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
@@ -413,73 +434,30 @@ class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
     :param kwargs: as :class:`GPT2ActorCriticPolicy`.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        model: str | PreTrainedModel = "gpt2",
-        value_hidden: int = 0,
-        bf16: bool = False,
-        kv_cache: bool = True,
-        dropout: bool = False,
-        device: str | None = None,
-        attn_implementation: str | None = None,
-        nlpo_top_p: float | None = 0.9,
-        ortho_init: bool = False,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
-        optimizer_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, nlpo_top_p: float | None = 0.9, **kwargs: Any) -> None:
         if nlpo_top_p is not None and not 0.0 < nlpo_top_p <= 1.0:
             raise ValueError(f"nlpo_top_p must be in (0, 1], got {nlpo_top_p}.")
-        self._init_gpt2(
-            observation_space,
-            action_space,
-            model,
-            value_hidden,
-            bf16,
-            kv_cache,
-            dropout,
-            device,
-            ortho_init,
-            attn_implementation,
-        )
-        self._gpt2_kwargs["nlpo_top_p"] = nlpo_top_p
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            ortho_init=False,
-            optimizer_class=optimizer_class,
-            optimizer_kwargs=optimizer_kwargs,
-            **kwargs,
-        )
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        self._build_gpt2(lr_schedule)
+        self.nlpo_top_p = nlpo_top_p
+        super().__init__(*args, **kwargs)
 
     def _build_extra(self) -> None:
-        top_p = self._gpt2_kwargs["nlpo_top_p"]
+        top_p = self.nlpo_top_p
         self.masker = TopPMasker(self.net.frozen_lm_copy(), top_p) if top_p is not None else None
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return self._gpt2_constructor_parameters(super()._get_constructor_parameters())
+        return {**super()._get_constructor_parameters(), "nlpo_top_p": self.nlpo_top_p}
 
     def refresh_mask_model(self) -> None:
         """Copy the current policy LM into the lagged NLPO mask model."""
         if self.masker is not None:
             self.masker.refresh_from(self.net)
 
-    def _masks(
-        self,
-        ids: torch.Tensor,
-        obs: PyTorchObs,
-        action_masks: np.ndarray | torch.Tensor | None,
-        actions: torch.Tensor | None = None,
-    ) -> np.ndarray | torch.Tensor | None:
-        if action_masks is not None or self.masker is None:
-            return action_masks
+    def _default_masks(
+        self, ids: torch.Tensor, obs: PyTorchObs, actions: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The NLPO mask (``None`` when internal masking is off)."""
+        if self.masker is None:
+            return None
         _, mask = _split_obs(obs)
         rollout = not torch.is_grad_enabled() and not self.training
         with torch.no_grad():
@@ -489,63 +467,6 @@ class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
             # the batched forward must not make it invalid at the top-p boundary.
             masks[torch.arange(len(masks), device=masks.device), actions.long().flatten()] = True
         return masks
-
-    def _dist(
-        self,
-        logits: torch.Tensor,
-        masks: np.ndarray | torch.Tensor | None,
-    ) -> MaskableDistribution:
-        dist = self.action_dist.proba_distribution(action_logits=logits)
-        if masks is not None:
-            dist.apply_masking(masks)
-        return dist
-
-    def forward(
-        self,
-        obs: PyTorchObs,
-        deterministic: bool = False,
-        action_masks: np.ndarray | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Actions, values and log-probabilities under the (NLPO or given) mask."""
-        ids, logits, values = self._outputs(obs)
-        dist = self._dist(logits, self._masks(ids, obs, action_masks))
-        actions = dist.get_actions(deterministic=deterministic)
-        assert values is not None
-        return actions, values, dist.log_prob(actions)
-
-    def evaluate_actions(
-        self,
-        obs: PyTorchObs,
-        actions: torch.Tensor,
-        action_masks: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Values, log-probabilities and entropy (full forward; NLPO mask recomputed)."""
-        ids, logits, values = self._outputs(obs)
-        dist = self._dist(logits, self._masks(ids, obs, action_masks, actions))
-        assert values is not None
-        return values, dist.log_prob(actions), dist.entropy()
-
-    def get_distribution(
-        self, obs: PyTorchObs, action_masks: np.ndarray | None = None
-    ) -> MaskableDistribution:
-        """The masked categorical distribution over the vocabulary."""
-        ids, logits, _ = self._outputs(obs, with_value=False)
-        return self._dist(logits, self._masks(ids, obs, action_masks))
-
-    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
-        """Values ``(batch, 1)``."""
-        _, _, values = self._outputs(obs)
-        assert values is not None
-        return values
-
-    def _predict(  # type: ignore[override]
-        self,
-        observation: PyTorchObs,
-        deterministic: bool = False,
-        action_masks: np.ndarray | None = None,
-    ) -> torch.Tensor:
-        dist = self.get_distribution(observation, action_masks)
-        return dist.get_actions(deterministic=deterministic)
 
     def set_training_mode(self, mode: bool) -> None:
         """As :meth:`GPT2PolicyMixin.set_training_mode`; the mask model stays in eval mode."""
@@ -598,7 +519,7 @@ class GPT2QNetwork(BasePolicy):
             self.kv_cache.reset()
 
 
-class GPT2DQNPolicy(DQNPolicy):
+class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
     """DQN policy whose Q-network is a GPT-2: Q(x, v) over the vocabulary = LM-head outputs.
 
     As in every DQN, the target network ``q_net_target`` is a second, full copy of the network
@@ -636,9 +557,8 @@ class GPT2DQNPolicy(DQNPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._window = check_lm_spaces(observation_space, action_space)
-        self._required_device = strict_device(device) if device is not None else None
-        self._gpt2_kwargs: dict[str, Any] = {
+        self._check_gpt2(observation_space, action_space, device)
+        self._gpt2_kwargs = {
             "model": model,
             "bf16": bf16,
             "kv_cache": kv_cache,
@@ -656,8 +576,7 @@ class GPT2DQNPolicy(DQNPolicy):
 
     def _build(self, lr_schedule: Schedule) -> None:
         kw = self._gpt2_kwargs
-        net = GPT2ActorCritic(kw["model"], value_head=False, bf16=kw["bf16"], dropout=kw["dropout"])
-        _check_model_fits(net, self.action_space, self._window)  # type: ignore[arg-type]
+        net = self._new_gpt2_net(value_head=False)
         target = GPT2ActorCritic(
             net.frozen_lm_copy().lm, value_head=False, bf16=kw["bf16"], dropout=True
         )
@@ -687,7 +606,3 @@ class GPT2DQNPolicy(DQNPolicy):
     def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         """See :meth:`GPT2PolicyMixin.last_logits`."""
         return self.q_net.last_logits(input_ids)
-
-    def to(self, *args: Any, **kwargs: Any) -> Any:
-        """``nn.Module.to`` with the strict device check of :meth:`GPT2PolicyMixin.to`."""
-        return _strict_to(self, *args, **kwargs)

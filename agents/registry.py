@@ -20,7 +20,12 @@ group ``lm_gym.agents`` whose name is the agent name and whose object is the fac
 
 Discovery runs once, the first time the registry is listed or asked for a name it does not know
 (:func:`discover_agents` re-runs it). A plug-in that fails to load is reported with a warning and
-skipped; it never breaks the zoo.
+skipped; it never breaks the zoo. A plug-in whose module imports but needs an optional dependency
+that is not installed (its import raises ``ModuleNotFoundError`` for a module other than its own)
+is not an error: it is skipped quietly and listed by :func:`unavailable_agents` with what it needs
+(``lm-gym agents`` shows it as unavailable). lm-gym declares its own optional agent ``rllib-ppo``
+through this group too: its module imports without Ray (it loads and runs trained networks), and
+only its ``learn`` needs the ``ray`` extra.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class UnknownOptionError(TypeError):
 _REGISTRY: dict[str, AgentSpec] = {}
 _DISCOVERED = False
 _PLUGIN_ERRORS: dict[str, str] = {}
+_UNAVAILABLE: dict[str, str] = {}
 
 
 def register_agent(
@@ -197,8 +203,11 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
         return dict(_PLUGIN_ERRORS)
     _DISCOVERED = True
     _PLUGIN_ERRORS.clear()
+    _UNAVAILABLE.clear()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         taken = _REGISTRY.get(ep.name)
+        if taken is not None and _same_object(ep, taken.factory):
+            continue  # registered already by the plug-in's own import (with its options and tags)
         if taken is not None and not taken.source.startswith("plugin:"):
             warnings.warn(
                 f"lm-gym: the agent plug-in {ep.name!r} ({ep.value}) is ignored: the name is "
@@ -210,6 +219,10 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
         try:
             factory = ep.load()
         except Exception as exc:  # a broken plug-in must not break the zoo
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing and not _is_own_module(ep, missing):  # an optional dependency is missing
+                _UNAVAILABLE[ep.name] = f"needs the module {missing!r}, which is not installed"
+                continue
             _PLUGIN_ERRORS[ep.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(
                 f"lm-gym: the agent plug-in {ep.name!r} ({ep.value}) failed to load: {exc}",
@@ -225,6 +238,9 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
                 stacklevel=2,
             )
             continue
+        taken = _REGISTRY.get(ep.name)
+        if taken is not None and taken.factory is factory:
+            continue  # the import registered it (e.g. ``agents.rllib`` registers ``rllib-ppo``)
         register_agent(
             ep.name,
             factory,
@@ -233,6 +249,27 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
             overwrite=True,
         )
     return dict(_PLUGIN_ERRORS)
+
+
+def unavailable_agents() -> dict[str, str]:
+    """Plug-ins declared by installed distributions that cannot load here because an optional
+    dependency is missing: ``{agent name: what it needs}`` (runs discovery first)."""
+    discover_agents()
+    return dict(_UNAVAILABLE)
+
+
+def _same_object(ep: importlib.metadata.EntryPoint, obj: Any) -> bool:
+    """Whether the entry point names ``obj`` (compared by module and qualified name, no import)."""
+    module, _, attr = ep.value.partition(":")
+    name = getattr(obj, "__qualname__", None)
+    return getattr(obj, "__module__", None) == module.strip() and name == attr.strip()
+
+
+def _is_own_module(ep: importlib.metadata.EntryPoint, missing: str) -> bool:
+    """Whether the missing module is the entry point's own module or one of its packages (a
+    broken or uninstalled plug-in) rather than a dependency of it."""
+    module = ep.value.partition(":")[0].strip()
+    return module == missing or module.startswith(missing + ".")
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
@@ -267,6 +304,11 @@ def agent_spec(name: str) -> AgentSpec:
         known = sorted(_REGISTRY)
         close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if name in _UNAVAILABLE:
+            raise UnknownAgentError(
+                f"Agent {name!r} is not available here: it {_UNAVAILABLE[name]}. Install the "
+                "package or extra that provides it."
+            )
         broken = (
             f" (plug-in {name!r} failed to load: {_PLUGIN_ERRORS[name]})"
             if name in _PLUGIN_ERRORS

@@ -23,28 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 
-from agents.base import (
-    BaseAgent,
-    Callback,
-    batch_obs,
-    call_callback,
-    load_lm_for_env,
-    resolve_device,
-)
+from agents.base import Callback, LMAgent, ObsDict, call_callback
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel
 
 __all__ = ["LMReinforce"]
 
 
-class LMReinforce(BaseAgent):
+class LMReinforce(LMAgent):
     """REINFORCE over the vocabulary with a GPT-2 policy (and optionally a value baseline).
 
     :param env: an lm-gym env (one env; episodes are collected one after the other).
@@ -94,14 +86,11 @@ class LMReinforce(BaseAgent):
     ) -> None:
         import torch
 
-        from agents.network import GPT2ActorCritic, RolloutKVCache
-
         super().__init__(env, seed=seed, verbose=verbose)
         if batch_episodes < 1:
             raise ValueError(f"batch_episodes must be >= 1, got {batch_episodes}.")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
-        self.model = model if isinstance(model, str) else "<object>"
         self.baseline = bool(baseline)
         self.learning_rate = float(learning_rate)
         self.batch_episodes = int(batch_episodes)
@@ -110,17 +99,8 @@ class LMReinforce(BaseAgent):
         self.vf_coef = float(vf_coef)
         self.max_grad_norm = float(max_grad_norm)
         self.normalize_advantage = bool(normalize_advantage)
-        self.device = device
-        self._device = resolve_device(device)
-        lm = load_lm_for_env(model, env)
-        with torch.random.fork_rng(devices=[]):  # a seeded value head, global RNG untouched
-            torch.manual_seed(int(self.rng.integers(2**31)))
-            self.net = GPT2ActorCritic(lm, value_head=self.baseline).to(self._device)
-        self.net.eval()  # dropout is off in GPT2ActorCritic; eval mode keeps rollouts and updates equal
+        self._init_lm(model, device, value_head=self.baseline, seeded_init=True)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
-        self.cache = RolloutKVCache()
-        self._generator = torch.Generator(device=self._device)
-        self._generator.manual_seed(int(self.rng.integers(2**62)))
         self._obs: dict[str, np.ndarray] | None = None
         self._reset_seed = seed
         self.n_updates = 0
@@ -129,47 +109,15 @@ class LMReinforce(BaseAgent):
 
     # -- acting -----------------------------------------------------------------------------------
 
-    def _logits(self, observation: Mapping[str, Any]) -> tuple[torch.Tensor, bool]:
-        import torch
-
-        obs, single = batch_obs(observation)
-        ids = torch.as_tensor(obs["input_ids"], device=self._device).long()
-        mask = torch.as_tensor(obs["attention_mask"], device=self._device).long()
-        with torch.no_grad():
-            logits, _ = self.net(ids, mask, cache=self.cache)
-        return logits, single
-
-    def predict(
-        self,
-        observation: Mapping[str, Any],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
-    ) -> tuple[Any, None]:
-        """A token drawn from the policy (``deterministic``: the most likely one).
-
-        :param observation: one observation or a batch.
-        :param state: unused.
-        :param episode_start: unused.
-        :param deterministic: take the argmax.
-        """
-        import torch
-
-        logits, single = self._logits(observation)
-        if deterministic:
-            actions = logits.argmax(1)
-        else:
-            probs = torch.softmax(logits, -1)
-            actions = torch.multinomial(probs, 1, generator=self._generator).squeeze(1)
-        out = actions.cpu().numpy().astype(np.int64)
-        return (int(out[0]) if single else out), None
+    def _predict_batch(self, obs: ObsDict, deterministic: bool) -> np.ndarray:
+        """Tokens drawn from the policy (``deterministic``: the most likely ones)."""
+        return self._choose(self._logits(obs), deterministic)
 
     def action_log_probs(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
         """The policy's log-probabilities of every token, ``(batch, V)``."""
         import torch
 
-        logits, _ = self._logits(observations)
-        return torch.log_softmax(logits, -1).cpu().numpy()
+        return torch.log_softmax(self._logits(observations), -1).cpu().numpy()
 
     # -- learning ---------------------------------------------------------------------------------
 

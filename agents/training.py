@@ -7,13 +7,16 @@ A run folder (``lm-gym train ... --out DIR``) holds::
     DIR/tb/                      TensorBoard logs (the agent's own metrics and episode rewards)
     DIR/progress.csv             the agent's own metrics (agents with set_logger)
     DIR/checkpoints/step_N/      periodic checkpoints: agent/ (what agent.save wrote), state.json
+                                 (step count; the adaptive KL coefficient of a KL-penalised agent)
     DIR/final/                   the trained agent, same layout
     DIR/warm_start/              the supervised warm-start model, when the run asked for one
 
 :func:`train_run` trains (or resumes) a run; :func:`load_run` rebuilds the agent of a run folder
 for evaluation or generation. Both work for every agent of the registry, plug-ins included: the
 step count comes from ``agent.num_timesteps`` when the agent keeps one, and from the training env's
-``Monitor`` otherwise.
+``Monitor`` otherwise. A resumed run with a KL penalty (``kl_coef``/``kl_target``) continues with the
+adaptive coefficient of its checkpoint, and its KL reference stays the run's starting model (not
+the checkpoint's policy).
 """
 
 from __future__ import annotations
@@ -109,6 +112,13 @@ def latest_checkpoint(out_dir: str | Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
+def _kl_wrapper(agent: Any) -> Any:
+    """The agent's :class:`agents.kl.KLPenaltyVecEnv`, if any (none exists unless ``agents.kl``
+    was imported, so other agents do not pay for importing it)."""
+    kl = sys.modules.get("agents.kl")
+    return None if kl is None else kl.kl_wrapper_of(agent)
+
+
 def _save_checkpoint(agent: Any, folder: Path, steps: int, extra: dict[str, Any]) -> None:
     """Write ``agent.save`` and the state file atomically (a tmp folder renamed at the end)."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -116,6 +126,9 @@ def _save_checkpoint(agent: Any, folder: Path, steps: int, extra: dict[str, Any]
     tmp.mkdir(parents=True)
     agent.save(tmp / "agent")
     state = {"num_timesteps": int(steps), "time": time.time(), **extra}
+    wrapper = _kl_wrapper(agent)
+    if wrapper is not None:
+        state["kl_controller"] = wrapper.state_dict()
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -295,8 +308,15 @@ def train_run(
             )
         if found is not None:
             start, folder = found
+            wrapper = _kl_wrapper(agent)
+            if wrapper is not None and wrapper.reference is None and hasattr(agent, "policy"):
+                wrapper.attach(agent.policy)  # the KL reference: the starting model, as at first
             agent = load_agent(agent, folder / "agent", env=env)
             resumed_from = start
+            saved_state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            wrapper = _kl_wrapper(agent)
+            if wrapper is not None and "kl_controller" in saved_state:
+                wrapper.load_state_dict(saved_state["kl_controller"])
     _configure_logger(agent, out, verbose=int(config.hyperparams.get("verbose", 0) or 0))
     tracker = _Progress(
         agent,

@@ -24,7 +24,8 @@ the model is first fine-tuned on the task's references, RL4LMs' supervised + RL)
 ``"auto"`` picks 1e-3 for a randomly initialised built-in model (tests, CPU examples) and 1e-5 for a
 pretrained one (SB3's 3e-4 is far above LM fine-tuning practice). The SB3 agents take every option of
 their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL
-penalty to the starting model (``kl_coef``, ``kl_target``: :class:`agents.kl.KLPenaltyVecEnv`). The
+penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
+:class:`agents.kl.KLPenaltyVecEnv`; ``lm-gym train --resume`` continues its adaptive coefficient). The
 GPT-2 policies are imported inside the factories, so this module imports without them.
 
 Tabular agents act over a restricted action set on GPT-2-vocabulary envs: ``actions="auto"`` takes
@@ -42,7 +43,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agents.base import SB3Agent, fresh_env, model_for_env, stop_ids
+from agents.base import SB3Agent, fresh_env, model_for_env, resolve_device, stop_ids
 from agents.registry import UnknownOptionError, register_agent
 
 __all__ = ["SB3_ALGORITHMS", "auto_learning_rate", "restricted_actions"]
@@ -126,6 +127,36 @@ def restricted_actions(env: gym.Env, max_actions: int = 32) -> list[int]:
     return actions
 
 
+def _make_lm_agent(
+    cls_path: str, options: dict[str, Any], *, supervised: bool = False, **fixed: Any
+) -> Any:
+    """The body of an LM agent's factory: ``cls(env, model, **options)`` on the factory's arguments.
+
+    Each factory spells out its options in its signature (the registry checks config keys
+    against it) and passes its ``locals()`` here, so the options reach the agent under the same
+    names. The model is resolved for the env (:func:`agents.base.model_for_env`) and warm-started
+    when ``warm_start`` asks; an ``"auto"`` learning rate is resolved for it.
+
+    :param cls_path: ``"module.Class"`` of the agent (imported here, not at module import).
+    :param options: the factory's ``locals()``: ``env``, ``model``, maybe ``warm_start``, and the
+        agent's keyword options.
+    :param supervised: the supervised ``"auto"`` learning rate (see :func:`auto_learning_rate`).
+    :param fixed: options the factory fixes (``greedy=True``).
+    """
+    import importlib
+
+    module, name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    options = dict(options)
+    env, model = options.pop("env"), options.pop("model")
+    model = _resolve_model(model, env, options.pop("warm_start", None), options["seed"])
+    if "learning_rate" in options:
+        options["learning_rate"] = auto_learning_rate(
+            options["learning_rate"], model, supervised=supervised
+        )
+    return cls(env, model, **options, **fixed)
+
+
 # -- baselines ------------------------------------------------------------------------------------
 
 
@@ -158,10 +189,7 @@ def make_greedy(
     :param seed: recorded.
     :param verbose: unused.
     """
-    from agents.baselines import LMDecodingAgent
-
-    model = _resolve_model(model, env, warm_start, seed)
-    return LMDecodingAgent(env, model, greedy=True, device=device, seed=seed, verbose=verbose)
+    return _make_lm_agent("agents.baselines.LMDecodingAgent", locals(), greedy=True)
 
 
 def make_sample(
@@ -187,19 +215,7 @@ def make_sample(
     :param seed: seeds the sampling.
     :param verbose: unused.
     """
-    from agents.baselines import LMDecodingAgent
-
-    model = _resolve_model(model, env, warm_start, seed)
-    return LMDecodingAgent(
-        env,
-        model,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        device=device,
-        seed=seed,
-        verbose=verbose,
-    )
+    return _make_lm_agent("agents.baselines.LMDecodingAgent", locals())
 
 
 def make_beam(
@@ -225,19 +241,7 @@ def make_beam(
     :param seed: recorded.
     :param verbose: unused.
     """
-    from agents.baselines import BeamSearchAgent
-
-    model = _resolve_model(model, env, warm_start, seed)
-    return BeamSearchAgent(
-        env,
-        model,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        device=device,
-        seed=seed,
-        verbose=verbose,
-    )
+    return _make_lm_agent("agents.baselines.BeamSearchAgent", locals())
 
 
 def make_supervised(
@@ -269,23 +273,7 @@ def make_supervised(
     :param seed: seeds the example order and the sampling.
     :param verbose: 1 prints the loss.
     """
-    from agents.supervised import SupervisedAgent
-
-    model = model_for_env(model, env)
-    return SupervisedAgent(
-        env,
-        model,
-        learning_rate=auto_learning_rate(learning_rate, model, supervised=True),
-        batch_size=batch_size,
-        max_samples=max_samples,
-        greedy=greedy,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        device=device,
-        seed=seed,
-        verbose=verbose,
-    )
+    return _make_lm_agent("agents.supervised.SupervisedAgent", locals(), supervised=True)
 
 
 # -- tabular --------------------------------------------------------------------------------------
@@ -330,6 +318,20 @@ def _actions(
     return [int(a) for a in actions]
 
 
+def _make_tabular_agent(name: str, options: dict[str, Any]) -> Any:
+    """The body of a tabular factory: the zoo's class of ``agents.tabular.<name>`` built from the
+    factory's ``locals()`` (``actions`` resolved with ``max_actions``; ``verbose`` is unused).
+
+    :param name: ``"QLearning"`` or ``"Reinforce"``.
+    :param options: the factory's ``locals()``.
+    """
+    options = dict(options)
+    env, max_actions = options.pop("env"), options.pop("max_actions")
+    del options["verbose"]
+    options["actions"] = _actions(env, options["actions"], max_actions)
+    return _tabular(name)(env, **options)
+
+
 def make_tabular_q(
     env: gym.Env,
     learning_rate: float = 0.5,
@@ -359,18 +361,7 @@ def make_tabular_q(
     :param seed: random seed.
     :param verbose: unused.
     """
-    return _tabular("QLearning")(
-        env,
-        learning_rate=learning_rate,
-        gamma=gamma,
-        exploration=exploration,
-        exploration_initial=exploration_initial,
-        exploration_final=exploration_final,
-        exploration_fraction=exploration_fraction,
-        initial_q=initial_q,
-        actions=_actions(env, actions, max_actions),
-        seed=seed,
-    )
+    return _make_tabular_agent("QLearning", locals())
 
 
 def make_tabular_reinforce(
@@ -396,15 +387,7 @@ def make_tabular_reinforce(
     :param seed: random seed.
     :param verbose: unused.
     """
-    return _tabular("Reinforce")(
-        env,
-        learning_rate=learning_rate,
-        gamma=gamma,
-        baseline=baseline,
-        baseline_learning_rate=baseline_learning_rate,
-        actions=_actions(env, actions, max_actions),
-        seed=seed,
-    )
+    return _make_tabular_agent("Reinforce", locals())
 
 
 def make_reinforce(
@@ -440,24 +423,7 @@ def make_reinforce(
     :param seed: random seed.
     :param verbose: 1 prints a line per update.
     """
-    from agents.reinforce import LMReinforce
-
-    model = _resolve_model(model, env, warm_start, seed)
-    return LMReinforce(
-        env,
-        model,
-        baseline=baseline,
-        learning_rate=auto_learning_rate(learning_rate, model),
-        batch_episodes=batch_episodes,
-        gamma=gamma,
-        ent_coef=ent_coef,
-        vf_coef=vf_coef,
-        max_grad_norm=max_grad_norm,
-        normalize_advantage=normalize_advantage,
-        device=device,
-        seed=seed,
-        verbose=verbose,
-    )
+    return _make_lm_agent("agents.reinforce.LMReinforce", locals())
 
 
 # -- stable-baselines3 ----------------------------------------------------------------------------
@@ -504,6 +470,8 @@ SB3_COMMON_OPTIONS = (
     "policy_kwargs",
     "kl_coef",
     "kl_target",
+    "kl_horizon",
+    "kl_min_coef",
     "n_envs",
     "warm_start",
     "device",
@@ -551,6 +519,8 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         policy_kwargs: Mapping[str, Any] | None = None,
         kl_coef: float = 0.0,
         kl_target: float | None = None,
+        kl_horizon: int = 10_000,
+        kl_min_coef: float = 0.0,
         n_envs: int = 1,
         warm_start: bool | Mapping[str, Any] | None = None,
         device: str = "auto",
@@ -575,7 +545,9 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         if kl_coef > 0 or kl_target is not None:
             from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv
 
-            venv = KLPenaltyVecEnv(venv, coef=kl_coef, target_kl=kl_target)
+            venv = KLPenaltyVecEnv(
+                venv, coef=kl_coef, target_kl=kl_target, horizon=kl_horizon, min_coef=kl_min_coef
+            )
             callbacks.append(KLPenaltyCallback())
         learn_kwargs: dict[str, Any] = {}
         if name == "nlpo":
@@ -593,7 +565,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             venv,
             learning_rate=auto_learning_rate(learning_rate, model),
             policy_kwargs=pk,
-            device=device,
+            device=resolve_device(device),  # SB3 itself falls back to the CPU without a word
             seed=seed,
             verbose=verbose,
             **algo_kwargs,

@@ -14,7 +14,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +225,53 @@ def machine() -> str:
     return text
 
 
+def print_header(title: str, machine_note: str = "") -> None:
+    """Print a script's title line and the ``machine:`` line (:func:`machine`).
+
+    :param title: the first line.
+    :param machine_note: appended to the machine line (e.g. a library's version).
+    """
+    print(title)
+    print(f"machine: {machine()}{machine_note}")
+
+
+def bench_parser(doc: str | None, *, workload: bool = True) -> argparse.ArgumentParser:
+    """A script's parser, its module docstring as the help text.
+
+    :param doc: the script's ``__doc__``.
+    :param workload: add the PPO rollout workload: ``--model`` (``gpt2-6l-384``), ``--env``
+        (``LMText-v0``), ``--n-envs`` (8) and ``--new-tokens`` (48).
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if workload:
+        parser.add_argument(
+            "--model", default="gpt2-6l-384", help="built-in name, hub id or folder"
+        )
+        parser.add_argument("--env", default="LMText-v0")
+        parser.add_argument("--n-envs", type=int, default=8)
+        parser.add_argument("--new-tokens", type=int, default=48, help="the env's max_new_tokens")
+    return parser
+
+
+def parse_bench_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, quick: Mapping[str, Any]
+) -> argparse.Namespace:
+    """Add the common options (:func:`add_common_args`), parse, apply the ``--quick`` settings.
+
+    :param parser: the script's parser, with its own options.
+    :param argv: arguments; ``None`` reads ``sys.argv``.
+    :param quick: option name -> value for a ``--quick`` smoke run.
+    """
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+    return args
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--threads``, ``--seed`` and ``--quick``.
 
@@ -316,6 +363,32 @@ def make_ppo(
     )
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
+
+
+def setup_ppo(
+    args: argparse.Namespace, *, n_steps: int, batch_size: int, n_epochs: int
+) -> tuple[torch.device, Any]:
+    """:func:`setup_torch`, then :func:`make_ppo` of ``--model`` on :func:`make_vec_env` of the
+    workload options of :func:`bench_parser` (``--n-envs`` envs of ``--env``, ``--new-tokens``).
+
+    :param args: the parsed command line.
+    :param n_steps: rollout steps per env.
+    :param batch_size: minibatch size.
+    :param n_epochs: epochs per update.
+    :return: the device and the model.
+    """
+    device = setup_torch(args)
+    env = make_vec_env(args.env, args.n_envs, args.seed, max_new_tokens=args.new_tokens)
+    model = make_ppo(
+        env,
+        args.model,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        n_epochs=n_epochs,
+        device=device,
+        seed=args.seed,
+    )
+    return device, model
 
 
 def start_rollouts(model: Any) -> Any:

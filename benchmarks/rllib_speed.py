@@ -33,6 +33,14 @@ Usage::
 
     python benchmarks/rllib_speed.py [--env LMCountUp-v0] [--model tiny-gpt2] [--envs 8]
         [--steps 1024] [--runners 1 2] [--rounds 3] [--sync-models tiny-gpt2 gpt2-12l-768]
+        [--update | --update-only] [--update-batch 512] [--update-minibatch 128]
+
+``--update`` adds (``--update-only`` runs only) the learner's side: two PPO algorithms in this
+process (a local env runner and a local learner each), one whose module evaluates training batches
+with one trunk forward per episode (``episode_forward=True``, the default) and one with one
+full-window forward per transition, alternating iterations; it reports the learner-update seconds
+(advantage value pass + minibatch epochs), the whole iteration's seconds, their ratios, and the
+token positions the trunk ran per transition.
 """
 
 from __future__ import annotations
@@ -143,6 +151,125 @@ def rllib_sampler(
     return sample, algo.stop
 
 
+def update_trainer(
+    env_id: str,
+    model: str,
+    n_envs: int,
+    batch: int,
+    minibatch: int,
+    epochs: int,
+    episode_forward: bool,
+) -> tuple[Any, Any, Any]:
+    """A PPO algorithm sampling and learning in this process (a local env runner and a local
+    learner), and a function that runs one iteration (``algo.train()``) and returns ``(iteration
+    seconds, learner-update seconds)``: the update is the learner connector (the value pass of the
+    advantage estimation over the whole batch) and ``epochs`` passes of minibatch steps.
+
+    :param env_id: lm-gym id.
+    :param model: causal LM name.
+    :param n_envs: envs of the env runner.
+    :param batch: env steps per iteration.
+    :param minibatch: transitions per gradient step.
+    :param epochs: passes over the batch.
+    :param episode_forward: the learner's module evaluates batches with one forward per episode.
+    :return: the iteration function, a function returning the learner module's
+        ``train_forward_stats`` (token positions run), and the algorithm's ``stop``.
+    """
+    from agents.rllib import build_ppo_config
+
+    config = build_ppo_config(
+        env_id,
+        num_env_runners=0,
+        num_envs_per_env_runner=n_envs,
+        num_learners=0,
+        model=model,
+        train_batch_size=batch,
+        minibatch_size=minibatch,
+        num_epochs=epochs,
+        learning_rate=1e-4,
+        episode_forward=episode_forward,
+    )
+    algo = config.build_algo()
+    group = algo.learner_group
+    update = group.update
+    spent = [0.0]
+
+    def timed_update(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return update(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    group.update = timed_update
+
+    def iterate() -> tuple[float, float]:
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        algo.train()
+        return time.perf_counter() - t0, spent[0]
+
+    def stats() -> dict[str, int]:
+        results = group.foreach_learner(
+            lambda learner: dict(learner.module["default_policy"].unwrapped().train_forward_stats)
+        )
+        return next(iter(results)).get()
+
+    return iterate, stats, algo.stop
+
+
+def update_comparison(args: argparse.Namespace) -> dict[str, Any]:
+    """Learner-update and iteration seconds with one trunk forward per episode against one per
+    transition, rounds alternating between the two algorithms (median reported)."""
+    paths, stops = {}, []
+    try:
+        for name, flag in (("per transition", False), ("per episode", True)):
+            iterate, stats, stop = update_trainer(
+                args.env,
+                args.model,
+                args.envs,
+                args.update_batch,
+                args.update_minibatch,
+                args.update_epochs,
+                flag,
+            )
+            paths[name] = (iterate, stats)
+            stops.append(stop)
+        for iterate, _ in paths.values():  # warm-up
+            iterate()
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+        for _ in range(args.rounds):
+            for name, (iterate, _) in paths.items():
+                times[name].append(iterate())
+        positions = {name: stats() for name, (_, stats) in paths.items()}
+    finally:
+        for stop in stops:
+            stop()
+    out: dict[str, Any] = {"rounds": times, "positions": positions}
+    print(
+        f"\nLearner update, {args.env}, model {args.model}: batches of {args.update_batch} steps, "
+        f"minibatches of {args.update_minibatch}, {args.update_epochs} epochs, 1 local learner, "
+        f"{args.rounds} rounds (median)"
+    )
+    print(f"{'forward':16s} {'update s':>9s} {'iteration s':>12s} {'positions run':>14s}")
+    for name, rows in times.items():
+        upd = statistics.median(r[1] for r in rows)
+        it = statistics.median(r[0] for r in rows)
+        pos = positions[name]
+        out[name] = {"update_s": upd, "iteration_s": it}
+        print(
+            f"{name:16s} {upd:9.2f} {it:12.2f} {pos['positions'] / max(1, pos['rows']):10.1f}/row"
+        )
+    before, after = out["per transition"], out["per episode"]
+    out["update_speedup"] = before["update_s"] / after["update_s"]
+    out["iteration_speedup"] = before["iteration_s"] / after["iteration_s"]
+    print(
+        f"per episode vs per transition: update {out['update_speedup']:.2f}x faster, "
+        f"iteration {out['iteration_speedup']:.2f}x faster"
+    )
+    return out
+
+
 def sync_sizes(model: str, env_id: str) -> dict[str, int]:
     """:func:`agents.rllib.weight_sync_bytes` of a module built on ``env_id``'s spaces."""
     from agents.rllib import GPT2RLModule, weight_sync_bytes
@@ -169,6 +296,15 @@ def main() -> None:
     parser.add_argument("--no-cache-run", action="store_true", help="skip the no-KV-cache run")
     parser.add_argument("--sync-models", nargs="*", default=["tiny-gpt2", "gpt2-12l-768"])
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="also time the learner update: one forward per episode against one per transition",
+    )
+    parser.add_argument("--update-only", action="store_true", help="only the update comparison")
+    parser.add_argument("--update-batch", type=int, default=512)
+    parser.add_argument("--update-minibatch", type=int, default=128)
+    parser.add_argument("--update-epochs", type=int, default=2)
     args = parser.parse_args()
 
     import ray
@@ -177,6 +313,15 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ray.init(**loopback_ray_init_kwargs(num_cpus=max(4, max(args.runners) + 2)))
+    if args.update_only:
+        try:
+            figures = update_comparison(args)
+        finally:
+            ray.shutdown()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"update": figures}, f, indent=2)
+        return
     samplers: dict[str, Any] = {}
     stops = []
     try:
@@ -199,6 +344,7 @@ def main() -> None:
                 steps, seconds, cpu = sample()
                 rates[name].append(steps / seconds)
                 cpu_rates[name].append(steps / cpu)
+        update = update_comparison(args) if args.update else None
     finally:
         for stop in stops:
             stop()
@@ -258,6 +404,7 @@ def main() -> None:
                     "all": rates,
                     "sync_bytes": sync,
                     "load_average": load,
+                    "update": update,
                 },
                 f,
                 indent=2,

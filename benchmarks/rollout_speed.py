@@ -36,13 +36,12 @@ from typing import Any
 import torch
 from bench_common import (
     Timings,
-    add_common_args,
+    bench_parser,
     fmt_rate,
-    machine,
-    make_ppo,
-    make_vec_env,
+    parse_bench_args,
     peak_memory,
-    setup_torch,
+    print_header,
+    setup_ppo,
     start_rollouts,
     timed,
     timed_cpu,
@@ -59,22 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="gpt2-6l-384", help="built-in name, hub id or folder")
-    parser.add_argument("--env", default="LMText-v0")
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=48, help="the env's max_new_tokens")
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
     parser.add_argument(
         "--full-repeats", type=int, default=1, help="timed runs of the full-recompute rollout"
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.model, args.n_envs, args.new_tokens, args.repeats = "tiny-gpt2", 2, 6, 2
-    return args
+    quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6, "repeats": 2}
+    return parse_bench_args(parser, argv, quick)
 
 
 def generate_batch(lm: Any, obs: dict[str, Any], new_tokens: int, device: torch.device) -> int:
@@ -148,16 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     :return: tokens/s per kind (``generate``, ``cached``, ``full``) and the ratios to generate.
     """
     args = parse_args(argv)
-    device = setup_torch(args)
-    env = make_vec_env(args.env, args.n_envs, args.seed, max_new_tokens=args.new_tokens)
-    model = make_ppo(
-        env,
-        args.model,
-        n_steps=args.new_tokens,
-        batch_size=args.n_envs * args.new_tokens,
-        n_epochs=1,
-        device=device,
-        seed=args.seed,
+    device, model = setup_ppo(
+        args, n_steps=args.new_tokens, batch_size=args.n_envs * args.new_tokens, n_epochs=1
     )
     policy = model.policy
     cache = policy.kv_cache
@@ -228,8 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu_rates = {kind: times.median(kind + "_cpu") for kind in names}
     cpu_ratios = {kind: rate / cpu_rates["generate"] for kind, rate in cpu_rates.items()}
     window = model.observation_space["input_ids"].shape[0]
-    print("rollout_speed: sampled tokens/s, SB3 rollout with the GPT-2 policy vs generate()")
-    print(f"machine: {machine()}")
+    print_header("rollout_speed: sampled tokens/s, SB3 rollout with the GPT-2 policy vs generate()")
     print(
         f"model {args.model}, {args.env}, {args.n_envs} envs x {args.new_tokens} new tokens "
         f"(window {window}), device {device}"

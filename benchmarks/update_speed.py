@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 from bench_common import (
     Timings,
-    add_common_args,
+    bench_parser,
     collect,
-    machine,
-    make_ppo,
-    make_vec_env,
+    parse_bench_args,
     peak_memory,
-    setup_torch,
+    print_header,
+    setup_ppo,
     start_rollouts,
     timed_cpu,
 )
@@ -46,13 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="gpt2-6l-384", help="built-in name, hub id or folder")
-    parser.add_argument("--env", default="LMText-v0")
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=48, help="the env's max_new_tokens")
+    parser = bench_parser(__doc__)
     parser.add_argument("--n-steps", type=int, default=0, help="rollout steps (0: --new-tokens)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -62,11 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="EpisodePPO draws minibatches of whole episodes (not SB3's composition)",
     )
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.model, args.n_envs, args.new_tokens = "tiny-gpt2", 2, 6
-        args.epochs, args.batch_size, args.repeats = 1, 6, 2
+    quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6}
+    args = parse_bench_args(parser, argv, {**quick, "epochs": 1, "batch_size": 6, "repeats": 2})
     if args.n_steps <= 0:
         args.n_steps = args.new_tokens
     return args
@@ -79,16 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     :return: ``{"stock_s", "episode_s", "speedup", "stock_peak_mib", "episode_peak_mib", ...}``.
     """
     args = parse_args(argv)
-    device = setup_torch(args)
-    env = make_vec_env(args.env, args.n_envs, args.seed, max_new_tokens=args.new_tokens)
-    model = make_ppo(
-        env,
-        args.model,
-        n_steps=args.n_steps,
-        batch_size=args.batch_size,
-        n_epochs=args.epochs,
-        device=device,
-        seed=args.seed,
+    device, model = setup_ppo(
+        args, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.epochs
     )
     model.episode_minibatches = args.episode_minibatches
     collect(model, start_rollouts(model))
@@ -125,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     speedup = stock_s / episode_s
     n_mb = -(-transitions // args.batch_size)
 
-    print("update_speed: one PPO update, EpisodePPO vs SB3 PPO.train (same rollout and order)")
-    print(f"machine: {machine()}")
+    print_header(
+        "update_speed: one PPO update, EpisodePPO vs SB3 PPO.train (same rollout and order)"
+    )
     print(
         f"model {args.model}, {args.env}, {args.n_envs} envs x {args.n_steps} steps "
         f"(max_new_tokens {args.new_tokens}, window {window}), {transitions} transitions, "

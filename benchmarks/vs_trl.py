@@ -45,11 +45,13 @@ import torch
 from bench_common import (
     PeakMemory,
     Timings,
-    add_common_args,
+    bench_parser,
     fmt_rate,
-    machine,
     make_ppo,
     make_vec_env,
+    parse_bench_args,
+    print_header,
+    setup_torch,
     start_peak,
     stop_peak,
     synchronize,
@@ -64,9 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, workload=False)
     parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-6l-384"])
     parser.add_argument("--env", default="LMText-v0")
     parser.add_argument("--n", type=int, default=8, help="envs = completions per iteration")
@@ -75,12 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per side")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--prompts", type=int, default=64, help="prompts in TRL's data set")
-    add_common_args(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.models, args.n, args.new_tokens = ["tiny-gpt2"], 2, 4
-        args.iterations, args.warmup, args.prompts = 1, 0, 4
-    return args
+    quick = {"models": ["tiny-gpt2"], "n": 2, "new_tokens": 4}
+    return parse_bench_args(parser, argv, {**quick, "iterations": 1, "warmup": 0, "prompts": 4})
 
 
 def env_prompts(env_id: str, count: int, new_tokens: int, seed: int) -> tuple[list[str], Any]:
@@ -298,17 +294,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"skipped": reason}
     import trl
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    device = setup_torch(args)
     np.random.seed(args.seed)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine.")
     results = [bench_model(name, args, device) for name in args.models]
 
-    print("vs_trl: end-to-end training throughput, lm-gym EpisodePPO vs TRL GRPOTrainer")
-    print(f"machine: {machine()}, trl {trl.__version__}")
+    print_header(
+        "vs_trl: end-to-end training throughput, lm-gym EpisodePPO vs TRL GRPOTrainer",
+        f", trl {trl.__version__}",
+    )
     print(
         f"{args.env}, {args.n} completions x {args.new_tokens} tokens and one optimizer step per "
         f"iteration, {args.iterations} timed iterations per side (alternating), device {device}"

@@ -310,3 +310,40 @@ def load_causal_lm(
         f"({', '.join(sorted(BUILTIN_LMS))}), and not loadable from the Hugging Face hub "
         f"({error or 'offline mode'})."
     ) from error
+
+
+def save_tiny_classifier(folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random GPT-2 sentiment classifier (2 layers, 32 wide, labels ``NEGATIVE`` /
+    ``POSITIVE``, GPT-2's tokenizer) to ``folder``: a stand-in for a hub classifier in offline tests
+    and benchmarks, loadable by ``make_scorer("sentiment-classifier", model=folder)``.
+
+    Its scores are random but clearly text-dependent (the classification head's weights are drawn
+    with standard deviation 2).
+
+    :param folder: where to save (created if missing).
+    :param seed: the torch seed of the random weights.
+    :return: the folder.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    folder = Path(folder)
+    tokenizer = load_tokenizer("gpt2")
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2ForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, 2.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 # Tests never reach the hub: skip the look-up before anything imports lm_gym.
 os.environ.setdefault("LM_GYM_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run the test on one torch thread (tiny models: faster and deterministic), then restore.
+
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random GPT-2 sequence classifier with the real GPT-2 tokenizer, saved to a folder."""
+    from lm_gym.models import load_tokenizer, save_tiny_classifier
+
+    assert load_tokenizer("gpt2")("Hello world")["input_ids"] == [15496, 995]
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"))

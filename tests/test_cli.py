@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
-import torch
 import yaml
 
 from agents import training
@@ -25,12 +24,7 @@ ENV = "LMToy-v0" if "LMToy-v0" in gym.registry else "LMCountUp-v0"
 PPO_SMALL = ["--model", "tiny-gpt2", "--set", "n_steps=16", "--set", "batch_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

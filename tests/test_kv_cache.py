@@ -22,12 +22,7 @@ from lm_gym.tasks.verifiable import CountUpEnv
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +185,62 @@ def test_dqn_greedy_rollout_matches_full_recompute():
         # explore, so that episodes do not all repeat the greedy token
         obs, *_ = env.step(np.where(rng.random(4) < 0.5, greedy[0], rng.integers(0, 50257, 4)))
     assert policies[0].q_net.kv_cache.stats["incremental"] > 0
+
+
+def _window(tokens: list[int], length: int) -> tuple[list[int], list[int]]:
+    pad = length - len(tokens)
+    return [50256] * pad + tokens, [0] * pad + [1] * len(tokens)
+
+
+def _check_step(net: GPT2ActorCritic, cache: RolloutKVCache, ids, mask) -> None:
+    ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
+    logits_c, values_c = net(ids_t, mask_t, cache)
+    logits_f, values_f = net(ids_t, mask_t)
+    assert torch.allclose(logits_c, logits_f, atol=ATOL)
+    assert torch.allclose(values_c, values_f, atol=ATOL)
+    # the cache spans exactly the columns from the first real token of any row
+    leading = int((mask_t.cumsum(1) == 0).sum(1).min())
+    assert cache.width == ids_t.shape[1] - leading
+
+
+def test_trimmed_cache_rows_of_different_lengths_restart_mid_rollout(net: GPT2ActorCritic):
+    """Rows with prompts of 2, 3 and 5 tokens in a 16-wide window; mid-rollout, one row restarts
+    with a prompt longer than the cache is wide, one with a 1-token prompt, one stays unchanged:
+    reused, one-token and full rows of different cache widths in one batch."""
+    length, rng = 16, np.random.default_rng(3)
+    rows = [list(rng.integers(0, 5000, n)) for n in (2, 3, 5)]
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for step in range(12):
+            windows = [_window(r, length) for r in rows]
+            _check_step(net, cache, [w[0] for w in windows], [w[1] for w in windows])
+            if step == 0:
+                assert cache.width == 5  # 11 all-padding columns neither computed nor cached
+            if step == 3:
+                rows[0] = list(rng.integers(0, 5000, 12))  # wider than the cache (8): restart
+                rows[1] = [int(rng.integers(0, 5000))]  # narrower: restart
+            else:  # row 2 stays unchanged at steps 3 and 4 (reused next to full / one-token rows)
+                for r in rows[: 2 if step == 4 else 3]:
+                    r.append(int(rng.integers(0, 5000)))
+            rows = [r[-length:] for r in rows]
+    # full: 3 at the start, 2 restarts, row 0 at steps 9-11 (its window dropped a real token)
+    assert cache.stats["reused"] == 2 and cache.stats["full"] == 3 + 2 + 3
+    assert cache.stats["incremental"] > 20
+
+
+def test_trimmed_cache_full_window_rows(net: GPT2ActorCritic):
+    """A row whose window is all real tokens (the cache spans the whole window) next to rows that
+    go on: the full row's next window drops a real token (recomputed), the others drop the
+    window's first column from the cache."""
+    length, rng = 8, np.random.default_rng(4)
+    rows = [list(rng.integers(0, 5000, n)) for n in (8, 2, 6)]
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for _ in range(6):
+            windows = [_window(r, length) for r in rows]
+            _check_step(net, cache, [w[0] for w in windows], [w[1] for w in windows])
+            for r in rows:
+                r.append(int(rng.integers(0, 5000)))
+            rows = [r[-length:] for r in rows]
+    assert cache.width == length
+    assert cache.stats["incremental"] >= 5 and cache.stats["full"] > 3

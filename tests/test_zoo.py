@@ -168,6 +168,14 @@ def test_unknown_agent_and_option_are_clear() -> None:
         make_agent("sample", "LMCountUp-v0", temprature=0.5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name", ["ppo", "dqn", "greedy", "reinforce"])
+def test_cuda_asked_for_without_cuda_is_an_error(name: str) -> None:
+    """SB3 alone would fall back to the CPU without a word; the zoo's agents refuse."""
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        make_agent(name, "LMCountUp-v0", model="tiny-gpt2", device="cuda")
+
+
 def test_register_agent_rules() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_agent("ppo", lambda env: None)
@@ -244,6 +252,78 @@ def test_broken_plugin_warns_and_is_skipped(tmp_path: Path, monkeypatch) -> None
     assert "broken-agent" in errors
     with pytest.raises(UnknownAgentError, match="failed to load"):
         agent_spec("broken-agent")
+
+
+def test_plugin_with_a_missing_dependency_is_unavailable_quietly(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A plug-in whose module imports but needs an uninstalled optional dependency (rllib-ppo
+    without Ray is the case in point) is no error: no warning, ``lm-gym agents`` still works and
+    lists it as unavailable, and asking for it says what it needs."""
+    import warnings
+
+    from agents.cli import main
+    from agents.registry import unavailable_agents
+
+    _fake_distribution(tmp_path, "needs-dep = lm_gym_needs_dep:factory")
+    (tmp_path / "lm_gym_needs_dep.py").write_text(
+        "import no_such_dependency_xyz  # noqa\n\ndef factory(env):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "needs-dep" not in discover_agents(refresh=True)
+        assert "no_such_dependency_xyz" in unavailable_agents()["needs-dep"]
+        assert "needs-dep" not in list_agents()
+        with pytest.raises(UnknownAgentError, match=r"not available here.*no_such_dependency_xyz"):
+            agent_spec("needs-dep")
+        assert main(["agents"]) == 0
+    out, err = capsys.readouterr()
+    assert "unavailable here: needs-dep" in out and "ppo" in out
+    assert "warning" not in err
+    sys.modules.pop("lm_gym_needs_dep", None)
+    discover_agents(refresh=True)
+
+
+def test_rllib_ppo_is_found_through_its_entry_point() -> None:
+    """``setup.cfg`` declares ``rllib-ppo`` in ``lm_gym.agents``: a fresh process finds it with
+    nothing imported first and without a warning. Without Ray it still builds (it loads and runs
+    trained networks) and ``learn`` says which extra to install."""
+    import subprocess
+
+    eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="lm_gym.agents")}
+    if "rllib-ppo" not in eps:
+        pytest.skip("the installed lm-gym metadata predates the entry point: pip install -e .")
+    assert eps["rllib-ppo"] == "agents.rllib.agent:make_rllib_ppo"
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys, warnings
+        warnings.simplefilter("error", RuntimeWarning)
+        from agents.registry import agent_spec, list_agents, make_agent, UnknownOptionError
+        assert "rllib-ppo" in list_agents(), list_agents()
+        spec = agent_spec("rllib-ppo")
+        assert spec.source == "agents.rllib" and "num_learners" in spec.option_names()
+        try:
+            make_agent("rllib-ppo", "LMCountUp-v0", model="tiny-gpt2", num_learner=2)
+        except UnknownOptionError as exc:
+            assert "num_learners" in str(exc)
+        else:
+            sys.exit("the misspelt option was not caught")
+        agent = make_agent("rllib-ppo", "LMCountUp-v0", model="tiny-gpt2")
+        if importlib.util.find_spec("ray") is None:
+            try:
+                agent.learn(8)
+            except ModuleNotFoundError as exc:
+                assert "lm-gym[ray]" in str(exc), exc
+            else:
+                sys.exit("learn() without Ray did not fail")
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
 
 
 def test_decoding_baselines_follow_the_lm() -> None:

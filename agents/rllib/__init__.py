@@ -28,7 +28,9 @@ Example (a local loopback cluster; 2 env runners, 2 DDP learners)::
     print(result.mean_reward, result.checkpoint)
 
 Names are imported on first use: ``import agents.rllib`` and the ``policy`` and ``agent`` modules
-work without Ray; the module and training need it.
+work without Ray; the module and training need it. The ``lm_gym.agents`` entry point of the installed
+package (``setup.cfg``) lets ``lm-gym agents``/``make_agent("rllib-ppo", ...)`` find the agent with
+nothing imported first.
 """
 
 from __future__ import annotations
@@ -78,13 +80,21 @@ _WHERE = {
 
 
 def _register() -> None:
-    """Register ``"rllib-ppo"`` in the agent registry (idempotent)."""
+    """Register ``"rllib-ppo"`` in the agent registry (idempotent). The installed package also
+    declares it as an ``lm_gym.agents`` entry point, so the registry finds it without this import.
+    """
+    import importlib.util
+
     from agents.registry import register_agent
     from agents.rllib.agent import AGENT_OPTIONS, make_rllib_ppo
 
+    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), GPT-2 actor-critic"
+    if importlib.util.find_spec("ray") is None:
+        summary += " [ray not installed: learn() needs pip install 'lm-gym[ray]']"
     register_agent(
         "rllib-ppo",
         make_rllib_ppo,
+        summary=summary,
         tags=("lm", "rl", "ray"),
         source="agents.rllib",
         options=lambda: AGENT_OPTIONS,

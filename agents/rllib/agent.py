@@ -105,7 +105,16 @@ class RLlibPPOAgent:
         :param callback: ``callback(locals_, globals_)`` after each PPO iteration (``locals_`` has
             ``self`` and ``row``, the ``progress.csv`` row); ``False`` stops.
         """
-        from agents.rllib.train import train_rllib
+        try:
+            from agents.rllib.train import train_rllib
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.partition(".")[0] != "ray":
+                raise
+            raise ModuleNotFoundError(
+                "rllib-ppo trains on Ray RLlib, which is not installed here: "
+                "pip install 'lm-gym[ray]' (predict, save, load and evaluation work without it).",
+                name=exc.name,
+            ) from exc
 
         def on_iteration(row: dict[str, float]) -> bool:
             self.num_timesteps = int(row["time/total_timesteps"])

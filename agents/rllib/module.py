@@ -6,6 +6,7 @@ import pickle
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -16,7 +17,97 @@ from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces
 from agents.rllib.policy import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
-__all__ = ["GPT2RLModule", "weight_sync_bytes"]
+__all__ = ["GPT2RLModule", "episode_last_hidden", "weight_sync_bytes"]
+
+
+def episode_last_hidden(
+    net: GPT2ActorCritic, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """The trunk's hidden state at the last position of each window, one forward per episode.
+
+    The same result as ``net.last_hidden(input_ids, attention_mask)`` (up to float rounding) at a
+    fraction of the cost, the idea of :class:`agents.ppo.EpisodePPO` applied to a batch of
+    unordered rows (RLlib's shuffled minibatches carry no episode index): lm-gym windows are
+    left-padded and each step appends one token, so the real tokens of an episode's earlier
+    observation are a prefix of a later one's, and the causal LM's hidden state at a row's last
+    token is the hidden state of that position in any longer sequence with the same prefix.
+    Rows are grouped by content: each row whose real tokens are a prefix of a longer row's joins
+    that row's *context* (any row with those tokens serves, of any episode); the contexts' real
+    tokens are packed left-aligned, right-padded to the longest, and the trunk runs once over them
+    (positions ``0..n-1``, as the left-padded windows give their real tokens); each row reads its
+    hidden state at position ``n_real - 1``. A row whose window is not left-padded (no lm-gym
+    observation) is computed the stock way. No episode boundary or batch cut matters: rows of an
+    episode cut by a batch boundary simply form a shorter context.
+
+    :param net: the actor-critic network.
+    :param input_ids: ``(B, W)`` ids (any integer dtype).
+    :param attention_mask: ``(B, W)``.
+    :return: hidden states ``(B, hidden)``, and ``{"rows", "sequences", "positions",
+        "stock_positions"}``: rows, trunk sequences and token positions run, and the positions the
+        stock per-row forward runs (``rows * W``).
+    """
+    ids = input_ids.long()
+    mask = attention_mask.long()
+    rows, width = ids.shape
+    ids_np = ids.detach().cpu().numpy()
+    mask_np = mask.detach().cpu().numpy() != 0
+    n_real = mask_np.sum(1)
+    left_padded = (mask_np == (np.arange(width)[None, :] >= width - n_real[:, None])).all(1)
+    left_padded &= n_real > 0
+
+    # Longest rows first: each row either continues a context seen already or starts one.
+    context_of = np.full(rows, -1, dtype=np.int64)
+    contexts: list[int] = []
+    prefixes: dict[bytes, int] = {}
+    for i in np.argsort(-n_real, kind="stable"):
+        if not left_padded[i]:
+            continue
+        real = ids_np[i, width - n_real[i] :]
+        c = prefixes.get(real.tobytes())
+        if c is None:
+            c = len(contexts)
+            contexts.append(int(i))
+            for k in range(1, len(real) + 1):
+                prefixes.setdefault(real[:k].tobytes(), c)
+        context_of[i] = c
+
+    device = ids.device
+    matched = np.flatnonzero(context_of >= 0)
+    other = np.flatnonzero(context_of < 0)
+    parts, order = [], []
+    positions = 0
+    if len(matched):
+        ctx = np.asarray(contexts, dtype=np.int64)
+        lengths = n_real[ctx]
+        span = int(lengths.max())
+        cols = (
+            np.minimum(np.arange(span)[None, :], lengths[:, None] - 1) + (width - lengths)[:, None]
+        )
+        packed = ids[torch.as_tensor(ctx, device=device)].gather(
+            1, torch.as_tensor(cols, device=device)
+        )
+        hidden, _ = net.run_trunk(packed, torch.ones_like(packed))
+        at_row = torch.as_tensor(context_of[matched], device=device)
+        at_col = torch.as_tensor(n_real[matched] - 1, device=device)
+        parts.append(hidden[at_row, at_col])
+        order.append(matched)
+        positions += len(ctx) * span
+    if len(other):
+        sel = torch.as_tensor(other, device=device)
+        parts.append(net.last_hidden(ids[sel], mask[sel]))
+        order.append(other)
+        positions += len(other) * width
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    flat = np.concatenate(order)
+    if not (flat == np.arange(rows)).all():
+        out = out[torch.as_tensor(np.argsort(flat), device=device)]
+    stats = {
+        "rows": rows,
+        "sequences": len(contexts) + len(other),
+        "positions": positions,
+        "stock_positions": rows * width,
+    }
+    return out, stats
 
 
 class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
@@ -27,8 +118,9 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
     model's vocabulary. The action distribution's inputs are the LM head's logits at the last
     position, the value is the value head on the same trunk's hidden state; the train forward
     returns that hidden state as ``embeddings`` so that PPO's value loss does not run the trunk
-    again. Sampling calls (no grad) keep a :class:`~agents.network.RolloutKVCache`, so each step
-    computes one new position per env.
+    again. Training batches run one trunk forward per episode, not one per transition
+    (:func:`episode_last_hidden`). Sampling calls (no grad) keep a
+    :class:`~agents.network.RolloutKVCache`, so each step computes one new position per env.
 
     The module's state (what RLlib sends to every env runner after each update, and what
     checkpoints hold) leaves out tied copies: GPT-2's LM head is its token embedding, sent once.
@@ -40,6 +132,10 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
     * ``value_hidden``: width of the value head's hidden layer (0, default: one linear layer).
     * ``bf16``: trunk under bfloat16 autocast on CUDA.
     * ``kv_cache``: keep the KV cache in sampling calls (default True).
+    * ``episode_forward``: evaluate training batches (the train forward, and the value pass of
+      PPO's advantage estimation) with one trunk forward per episode instead of one full-window
+      forward per transition (default True; see :func:`episode_last_hidden`). Same numbers up
+      to float rounding.
     * ``load_kwargs``: keyword arguments for :func:`lm_gym.models.load_causal_lm`.
 
     :raises ValueError: the spaces are not an lm-gym env's, or the vocabulary does not match.
@@ -68,6 +164,9 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
                 f"({max_pos}): lower max_prompt_tokens + max_new_tokens."
             )
         self._kv_cache = RolloutKVCache() if cfg.get("kv_cache", True) else None
+        self._episode_forward = bool(cfg.get("episode_forward", True))
+        #: Totals of :func:`episode_last_hidden`'s counts over the training forwards (benchmarks).
+        self.train_forward_stats = {"rows": 0, "sequences": 0, "positions": 0, "stock_positions": 0}
         self._tied_keys = tuple(tied_state_keys(self))
 
     # -- forward passes -------------------------------------------------------------------------
@@ -89,10 +188,23 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
         hidden = self.net.last_hidden(ids, mask, cache)
         return {Columns.ACTION_DIST_INPUTS: self.net.logits_from_hidden(hidden)}
 
+    def _train_hidden(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Last-position hidden states of a training batch: one forward per episode (default) or
+        one full-window forward per row (``episode_forward=False``)."""
+        ids, mask = self._ids_and_mask(batch)
+        if not self._episode_forward:
+            hidden = self.net.last_hidden(ids, mask)
+            stats = {"rows": len(ids), "sequences": len(ids), "positions": ids.numel()}
+            stats["stock_positions"] = ids.numel()
+        else:
+            hidden, stats = episode_last_hidden(self.net, ids, mask)
+        for key, value in stats.items():
+            self.train_forward_stats[key] += value
+        return hidden
+
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Training: logits and the hidden state (reused by :meth:`compute_values`)."""
-        ids, mask = self._ids_and_mask(batch)
-        hidden = self.net.last_hidden(ids, mask)
+        hidden = self._train_hidden(batch)
         return {
             Columns.ACTION_DIST_INPUTS: self.net.logits_from_hidden(hidden),
             Columns.EMBEDDINGS: hidden,
@@ -104,9 +216,8 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
         :param batch: a batch with ``Columns.OBS``.
         :param embeddings: the hidden states of :meth:`_forward_train` (then the trunk is skipped).
         """
-        if embeddings is None:
-            ids, mask = self._ids_and_mask(batch)
-            embeddings = self.net.last_hidden(ids, mask)
+        if embeddings is None:  # PPO's advantage estimation: the whole train batch at once
+            embeddings = self._train_hidden(batch)
         return self.net.value_from_hidden(embeddings)
 
     # -- state: tied weights are sent once --------------------------------------------------------

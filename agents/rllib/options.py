@@ -29,6 +29,9 @@ class PPOOptions:
     :param max_grad_norm: global gradient-norm clip.
     :param value_hidden: width of the value head's hidden layer (0: linear).
     :param kv_cache: KV cache in the env runners' module.
+    :param episode_forward: the learners evaluate a batch with one trunk forward per episode
+        instead of one full-window forward per transition (same numbers; see
+        :func:`agents.rllib.module.episode_last_hidden`).
     :param num_cpus_per_env_runner: Ray CPUs reserved per env runner.
     :param num_cpus_per_learner: Ray CPUs reserved per learner.
     :param num_gpus_per_learner: GPUs per learner (then DDP uses NCCL).
@@ -51,6 +54,7 @@ class PPOOptions:
     max_grad_norm: float = 0.5
     value_hidden: int = 0
     kv_cache: bool = True
+    episode_forward: bool = True
     num_cpus_per_env_runner: float = 1
     num_cpus_per_learner: float = 1
     num_gpus_per_learner: float = 0

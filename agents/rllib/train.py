@@ -106,7 +106,12 @@ def build_ppo_config(
             f"minibatch_size ({opts.minibatch_size}) is larger than each learner's share of the "
             f"train batch ({per_learner})."
         )
-    model_config = {"model": model, "value_hidden": opts.value_hidden, "kv_cache": opts.kv_cache}
+    model_config = {
+        "model": model,
+        "value_hidden": opts.value_hidden,
+        "kv_cache": opts.kv_cache,
+        "episode_forward": opts.episode_forward,
+    }
     return (
         PPOConfig()
         .environment(qualified_env_id(env_id), env_config=dict(opts.env_kwargs))

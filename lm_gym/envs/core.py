@@ -13,8 +13,9 @@ Text is decoded only at episode end (and in :meth:`TextEnv.render`), never per s
 from __future__ import annotations
 
 import functools
+import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -58,7 +59,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     """Token-level text generation over a data set of prompts, scored at episode end.
 
     Tasks subclass it, set :meth:`default_config`, and may override :meth:`draw_sample` (procedural
-    prompts) and :meth:`compute_metrics` (task-specific scores). Every constructor argument is a
+    prompts), :meth:`compute_metrics` (task-specific scores), :meth:`task_done` (a task's own end)
+    and :meth:`_step_reward` (per-token rewards). Every constructor argument is a
     JSON-serialisable name or number, so specs serialise and vector envs can rebuild envs; a
     ``config`` dict overrides the defaults as keyword arguments do.
 
@@ -78,11 +80,24 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         refused with a ``ValueError`` (``"error"``).
     :param stop_strings: a token containing any of these strings also ends the episode.
     :param stop_on_eos: whether the EOS token ends the episode.
+    :param defer_reward: leave the episode-end scoring to a vector-level batcher
+        (:class:`lm_gym.envs.vector.DeferredRewardVecEnv` for SB3 vector envs,
+        :class:`~lm_gym.envs.vector.DeferredRewardVectorWrapper` for Gymnasium's
+        ``SyncVectorEnv``), which scores every episode that ended
+        in the same vector step with one batched scorer call and adds the reward and
+        ``info["metrics"]`` (the same values as without deferring). The env itself then ends
+        episodes with a text reward of 0.0, ``info["reward_deferred"] = True`` and no metrics.
+        Without a batcher attached (:meth:`attach_reward_batcher`), the first episode end raises
+        a ``RuntimeError`` instead of returning a wrong reward.
     :param render_mode: ``None`` or ``"ansi"``.
     :param config: overrides, as a dict (HighwayEnv style).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 30}
+    #: a subclass that overrides ``step()`` or ``_step_reward()`` sets this when its episode-end
+    #: reward is still ``_step_reward(token, 0.0)`` plus the text score, so that
+    #: ``defer_reward=True`` is allowed
+    deferred_reward_ok: ClassVar[bool] = False
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -101,6 +116,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "truncation": "left",
             "stop_strings": [],
             "stop_on_eos": True,
+            "defer_reward": False,
         }
 
     def __init__(
@@ -153,6 +169,26 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         self.metric_scorers: dict[str, Scorer] = {
             name: make_scorer(name) for name in cfg["metrics"] if name != self.reward_name
         }
+        self.defer_reward = bool(cfg["defer_reward"])
+        self._reward_batcher: str | None = None
+        if self.defer_reward and not self.supports_deferred_reward():
+            raise ValueError(
+                f"{type(self).__name__} overrides step() or _step_reward(), so its episode-end "
+                "reward may not be the text score added to the step's own reward: "
+                "defer_reward=True is refused. Set the class attribute deferred_reward_ok = True "
+                "if it is."
+            )
+        #: envs with the same key score the same episode identically (one batched call serves them)
+        self.score_group = json.dumps(
+            [
+                f"{type(self).__module__}.{type(self).__qualname__}",
+                cfg["reward"],
+                cfg["reward_kwargs"],
+                cfg["metrics"],
+            ],
+            sort_keys=True,
+            default=repr,
+        )
 
         length = self.max_prompt_tokens + self.max_new_tokens
         self.observation_space = spaces.Dict(
@@ -195,13 +231,91 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         :param sample: the episode's sample.
         :param prompt: the full prompt text (template applied).
         """
-        refs = [list(sample.references)]
-        out = {self.reward_name: self.reward_scorer.score([text], [prompt], refs)[0]}
+        return self.compute_metrics_batch([text], [sample], [prompt])[0]
+
+    def compute_metrics_batch(
+        self, texts: Sequence[str], samples: Sequence[Sample], prompts: Sequence[str]
+    ) -> list[dict[str, float]]:
+        """:meth:`compute_metrics` of several finished episodes, one scorer call per metric.
+
+        A subclass that overrides :meth:`compute_metrics` only gets it called once per episode.
+
+        :param texts: the decoded generated texts.
+        :param samples: each episode's sample.
+        :param prompts: each episode's full prompt text.
+        :return: one metrics dict per episode, in order.
+        """
+        if type(self).compute_metrics is not TextEnv.compute_metrics:
+            return [self.compute_metrics(*args) for args in zip(texts, samples, prompts)]
+        texts, prompts = list(texts), list(prompts)
+        refs = [list(sample.references) for sample in samples]
+        rewards = self.reward_scorer.score(texts, prompts, refs)
+        out: list[dict[str, float]] = [{self.reward_name: r} for r in rewards]
         for name, scorer in self.metric_scorers.items():
-            if scorer.needs_references and not sample.references:
+            rows = [i for i, s in enumerate(samples) if s.references or not scorer.needs_references]
+            if not rows:
                 continue
-            out[name] = scorer.score([text], [prompt], refs)[0]
-        return {k: float(v) for k, v in out.items()}
+            scores = scorer.score(
+                [texts[i] for i in rows], [prompts[i] for i in rows], [refs[i] for i in rows]
+            )
+            for i, value in zip(rows, scores):
+                out[i][name] = value
+        return [{k: float(v) for k, v in metrics.items()} for metrics in out]
+
+    def score_episodes(
+        self, texts: Sequence[str], samples: Sequence[Sample], prompts: Sequence[str]
+    ) -> list[tuple[float, dict[str, float]]]:
+        """The text score and metrics of finished episodes, batched: what this env adds at an
+        episode's end without ``defer_reward`` (used by the vector-level batcher).
+
+        :param texts: the decoded generated texts.
+        :param samples: each episode's sample.
+        :param prompts: each episode's full prompt text.
+        :return: ``(score, metrics)`` per episode, in order.
+        """
+        metrics = self.compute_metrics_batch(texts, samples, prompts)
+        return [(float(m[self.reward_name]), m) for m in metrics]
+
+    def supports_deferred_reward(self) -> bool:
+        """Whether ``defer_reward=True`` is allowed: ``step()`` and ``_step_reward()`` are
+        TextEnv's (the episode-end reward is the step's own reward plus the text score), or the
+        class says so (:attr:`deferred_reward_ok`)."""
+        cls = type(self)
+        own = cls.step is TextEnv.step and cls._step_reward is TextEnv._step_reward
+        return own or cls.deferred_reward_ok
+
+    def attach_reward_batcher(self, name: str = "batcher") -> bool:
+        """Declare that a vector-level batcher scores this env's deferred episodes.
+
+        :class:`lm_gym.envs.vector.DeferredRewardVecEnv` calls it on every env. Call it yourself
+        only if your own code adds :meth:`score_episodes`'s score to the reward of every
+        ``info["reward_deferred"]`` episode end and puts the metrics in ``info["metrics"]``.
+
+        :param name: who scores, for error messages.
+        :return: whether this env defers its reward.
+        """
+        self._reward_batcher = str(name)
+        return self.defer_reward
+
+    def task_done(self, prompt: str, generated: Sequence[int]) -> bool:
+        """Whether the task ends the episode after ``generated`` (terminated; the stop tokens are
+        handled by the core). An episode whose task ends on its last budgeted token is terminated,
+        not truncated. Default: never.
+
+        :param prompt: the sample's prompt (before the template).
+        :param generated: the token ids written so far, the last one included.
+        """
+        return False
+
+    def _step_reward(self, token: int, score: float) -> float:
+        """The reward of the step that appended ``token`` (override for per-token rewards).
+
+        :param token: the token just appended.
+        :param score: on the episode's last step, the reward scorer's score of the finished text
+            (also in ``info["metrics"]``); 0.0 on every other step.
+        :return: ``score``: by default the reward comes at episode end only.
+        """
+        return score
 
     def _make_reward(self, reward: Any, kwargs: Mapping[str, Any]) -> tuple[str, Scorer]:
         if reward is None:
@@ -279,10 +393,11 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         self._mask[-1] = 1
         self._generated.append(token)
 
-        terminated = token in self._stop_ids
+        assert self._sample is not None
+        terminated = token in self._stop_ids or self.task_done(self._sample.prompt, self._generated)
         truncated = not terminated and len(self._generated) >= self.max_new_tokens
         if not (terminated or truncated):
-            return self._obs(), 0.0, False, False, {}
+            return self._obs(), self._step_reward(token, 0.0), False, False, {}
         self._done = True
         return self._obs(), *self._finish(terminated, truncated)
 
@@ -291,6 +406,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     ) -> tuple[float, bool, bool, dict[str, Any]]:
         assert self._sample is not None
         text = self.generated_text()
+        if self.defer_reward:
+            return self._finish_deferred(text, terminated, truncated)
         metrics = self.compute_metrics(text, self._sample, self._prompt_text)
         info = {
             "text": text,
@@ -299,7 +416,34 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "metrics": metrics,
             "num_new_tokens": len(self._generated),
         }
-        return float(metrics[self.reward_name]), bool(terminated), bool(truncated), info
+        reward = self._step_reward(self._generated[-1], float(metrics[self.reward_name]))
+        return reward, bool(terminated), bool(truncated), info
+
+    def _finish_deferred(
+        self, text: str, terminated: bool, truncated: bool
+    ) -> tuple[float, bool, bool, dict[str, Any]]:
+        """The episode end with ``defer_reward``: the step's own reward (no text score) and what
+        the batcher needs to score the text; it then adds the score and ``info["metrics"]``."""
+        assert self._sample is not None
+        if self._reward_batcher is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was made with defer_reward=True, which leaves the "
+                "episode-end reward to a vector-level batcher, but none is attached: this "
+                "episode's reward would be missing. Wrap the vector env in "
+                "lm_gym.envs.vector.DeferredRewardVecEnv, or make the env with "
+                "defer_reward=False."
+            )
+        info = {
+            "text": text,
+            "prompt": self._prompt_text,
+            "references": list(self._sample.references),
+            "num_new_tokens": len(self._generated),
+            "reward_deferred": True,
+            "deferred_sample": self._sample,
+            "score_group": self.score_group,
+        }
+        reward = self._step_reward(self._generated[-1], 0.0)
+        return reward, bool(terminated), bool(truncated), info
 
     def render(self) -> str | None:
         """With ``render_mode="ansi"``: the prompt and the text so far, separated by ``" | "``."""

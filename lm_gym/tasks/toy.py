@@ -82,6 +82,7 @@ import lm_gym.tasks.word_tokenizer  # noqa: F401  (registers the word-level toke
 from lm_gym.data import Sample
 from lm_gym.envs.core import ObsType, TextEnv
 from lm_gym.rewards import Scorer, register_scorer
+from lm_gym.tasks.scoring import PromptScorer
 
 
 class WordRewardScorer(Scorer):
@@ -105,7 +106,7 @@ class WordRewardScorer(Scorer):
         return [sum(self.word_rewards.get(w, 0.0) for w in text.split()) for text in texts]
 
 
-class WordSortScorer(Scorer):
+class WordSortScorer(PromptScorer):
     """Fraction of positions where the text has the prompt's words in sorted (alphabetical) order.
 
     The target is ``sorted(prompt.split())``; the score is
@@ -113,23 +114,14 @@ class WordSortScorer(Scorer):
     """
 
     name = "word-sort"
+    prompt_holds = "the words to sort"
 
-    def _score(
-        self,
-        texts: list[str],
-        prompts: list[str] | None,
-        references: list[tuple[str, ...]] | None,
-    ) -> list[float]:
-        if prompts is None:
-            raise ValueError("word-sort needs the prompts (the words to sort).")
-        out = []
-        for text, prompt in zip(texts, prompts):
-            target, words = sorted(prompt.split()), text.split()
-            if not target:
-                raise ValueError("word-sort needs a prompt with at least one word.")
-            hits = sum(a == b for a, b in zip(words, target))
-            out.append(hits / max(len(target), len(words)))
-        return out
+    def score_one(self, text: str, prompt: str) -> float:
+        target, words = sorted(prompt.split()), text.split()
+        if not target:
+            raise ValueError("word-sort needs a prompt with at least one word.")
+        hits = sum(a == b for a, b in zip(words, target))
+        return hits / max(len(target), len(words))
 
 
 register_scorer("word-rewards", WordRewardScorer, overwrite=True)
@@ -140,44 +132,44 @@ class FiniteTextEnv(TextEnv):
     """A :class:`TextEnv` with a finite start distribution and a task rule that ends episodes.
 
     Subclasses implement :meth:`start_distribution` (the prompts and their probabilities, which
-    :meth:`draw_sample` draws from and which :func:`agents.mdp.TabularMDP.from_env` enumerates)
-    and :meth:`task_done`. An episode that reaches the task's end is *terminated*, also when it
-    coincides with the token budget.
+    :meth:`draw_sample` draws from and which :func:`agents.mdp.TabularMDP.from_env` enumerates),
+    :meth:`~lm_gym.envs.core.TextEnv.task_done` and :meth:`token_budget`. An episode that reaches
+    the task's end is *terminated*, also when it coincides with the token budget.
     """
 
     #: The discount of the task's MDP (the return is the undiscounted sum).
     gamma: ClassVar[float] = 1.0
 
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = {**(config or {}), **kwargs}
+        prompt_tokens, new_tokens = self.token_budget({**self.default_config(), **options})
+        options.setdefault("max_prompt_tokens", prompt_tokens)
+        options.setdefault("max_new_tokens", new_tokens)
+        super().__init__(render_mode=render_mode, **options)
+
+    @classmethod
+    def token_budget(cls, options: Mapping[str, Any]) -> tuple[int, int]:
+        """The ``(max_prompt_tokens, max_new_tokens)`` the task derives from its options, used
+        where they are not given.
+
+        :param options: the default config updated with the given options.
+        """
+        return int(options["max_prompt_tokens"]), int(options["max_new_tokens"])
+
     def start_distribution(self) -> list[tuple[str, float]]:
         """The prompts an episode starts from and their probabilities (summing to 1)."""
         raise NotImplementedError
-
-    def task_done(self, prompt: str, generated: Sequence[int]) -> bool:
-        """Whether the task ends the episode after ``generated`` (EOS is handled by the core).
-
-        :param prompt: the sample's prompt (before the template).
-        :param generated: the token ids written so far, the last one included.
-        """
-        return False
 
     def draw_sample(self) -> Sample:
         starts = self.start_distribution()
         probs = np.array([p for _, p in starts], dtype=np.float64)
         index = int(self.np_random.choice(len(starts), p=probs / probs.sum()))
         return Sample(starts[index][0])
-
-    def step(self, action: Any) -> tuple[ObsType, float, bool, bool, dict[str, Any]]:
-        """Append token ``action``; the episode also ends by the task's rule (terminated)."""
-        obs, reward, terminated, truncated, info = super().step(action)
-        if terminated:
-            return obs, reward, terminated, truncated, info
-        assert self.sample is not None
-        if self.task_done(self.sample.prompt, self._generated):
-            if truncated:  # the budget and the task end together: the task's end counts
-                return obs, reward, True, False, info
-            self._done = True
-            reward, terminated, truncated, info = self._finish(True, False)
-        return obs, reward, terminated, truncated, info
 
     def _single_token(self, word: str, what: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
@@ -187,16 +179,6 @@ class FiniteTextEnv(TextEnv):
                 f"{self.config['tokenizer']!r}, got ids {ids}."
             )
         return int(ids[0])
-
-
-def _with_budget(
-    config: Mapping[str, Any] | None, kwargs: dict[str, Any], prompt_tokens: int, new_tokens: int
-) -> dict[str, Any]:
-    """Merge ``config`` and ``kwargs``, filling the token budgets the task derives."""
-    merged = {**(config or {}), **kwargs}
-    merged.setdefault("max_prompt_tokens", prompt_tokens)
-    merged.setdefault("max_new_tokens", new_tokens)
-    return merged
 
 
 class LMToyEnv(FiniteTextEnv):
@@ -223,9 +205,7 @@ class LMToyEnv(FiniteTextEnv):
         config: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        merged = {**(config or {}), **kwargs}
-        contexts = list(merged.get("contexts", self.default_config()["contexts"]))
-        super().__init__(render_mode=render_mode, **_with_budget(config, kwargs, 1, len(contexts)))
+        super().__init__(render_mode, config, **kwargs)
         self.contexts = [str(c) for c in self.config["contexts"]]
         if not self.contexts or len(set(self.contexts)) != len(self.contexts):
             raise ValueError(f"contexts must be distinct and non-empty, got {self.contexts}.")
@@ -243,6 +223,10 @@ class LMToyEnv(FiniteTextEnv):
         for word, value in scorer.word_rewards.items():
             self.token_rewards[self._single_token(word, "word")] = value
         self.token_rewards[self.eos_token_id] = 0.0
+
+    @classmethod
+    def token_budget(cls, options: Mapping[str, Any]) -> tuple[int, int]:
+        return 1, len(list(options["contexts"]))
 
     def start_distribution(self) -> list[tuple[str, float]]:
         return [(self.start, 1.0)]
@@ -268,10 +252,9 @@ class LMToyEnv(FiniteTextEnv):
         info["context"] = self.sample.prompt if self.sample else None
         return obs, info
 
-    def step(self, action: Any) -> tuple[ObsType, float, bool, bool, dict[str, Any]]:
-        """Append token ``action`` and receive its reward ``r(action)`` at once."""
-        obs, _, terminated, truncated, info = super().step(action)
-        return obs, float(self.token_rewards[self._generated[-1]]), terminated, truncated, info
+    def _step_reward(self, token: int, score: float) -> float:
+        """The reward ``r(token)`` of the token, received at once (the text score is in ``info``)."""
+        return float(self.token_rewards[token])
 
 
 class LMWordSortEnv(FiniteTextEnv):
@@ -297,9 +280,7 @@ class LMWordSortEnv(FiniteTextEnv):
         config: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        merged = {**(config or {}), **kwargs}
-        length = int(merged.get("length", self.default_config()["length"]))
-        super().__init__(render_mode=render_mode, **_with_budget(config, kwargs, length, length))
+        super().__init__(render_mode, config, **kwargs)
         self.words = [str(w) for w in self.config["words"]]
         self.length = int(self.config["length"])
         if len(set(self.words)) != len(self.words):
@@ -311,6 +292,11 @@ class LMWordSortEnv(FiniteTextEnv):
         for word in self.words:
             self._single_token(word, "word")
         self._starts = [" ".join(p) for p in itertools.permutations(self.words, self.length)]
+
+    @classmethod
+    def token_budget(cls, options: Mapping[str, Any]) -> tuple[int, int]:
+        length = int(options["length"])
+        return length, length
 
     def start_distribution(self) -> list[tuple[str, float]]:
         return [(prompt, 1.0 / len(self._starts)) for prompt in self._starts]

@@ -49,7 +49,8 @@ from typing import Any
 
 from lm_gym.data import Sample
 from lm_gym.envs.core import TextEnv
-from lm_gym.rewards import Scorer, register_scorer
+from lm_gym.rewards import register_scorer
+from lm_gym.tasks.scoring import PromptScorer
 
 _INT = re.compile(r"\d+")
 _WORD = re.compile(r"[A-Za-z]+")
@@ -64,7 +65,7 @@ def _parse(pattern: re.Pattern[str], prompt: str, task: str) -> re.Match[str]:
     return match
 
 
-class CountUpScorer(Scorer):
+class CountUpScorer(PromptScorer):
     """Points for each integer greater than the one before it (the first: than the prompt's start).
 
     The prompt must contain ``"Write N increasing numbers, starting above S:"``; the score is
@@ -72,56 +73,38 @@ class CountUpScorer(Scorer):
     """
 
     name = "count-up"
+    prompt_holds = "they hold the start and the target"
 
-    def _score(
-        self,
-        texts: list[str],
-        prompts: list[str] | None,
-        references: list[tuple[str, ...]] | None,
-    ) -> list[float]:
-        if prompts is None:
-            raise ValueError("count-up needs the prompts (they hold the start and the target).")
-        out = []
-        for text, prompt in zip(texts, prompts):
-            match = _parse(_COUNT_PROMPT, prompt, "count-up")
-            target, previous = int(match.group(1)), int(match.group(2))
-            points = 0
-            for number in map(int, _INT.findall(text)):
-                if number > previous:
-                    points += 1
-                previous = number
-            out.append(min(points, target) / target)
-        return out
+    def score_one(self, text: str, prompt: str) -> float:
+        match = _parse(_COUNT_PROMPT, prompt, "count-up")
+        target, previous = int(match.group(1)), int(match.group(2))
+        points = 0
+        for number in map(int, _INT.findall(text)):
+            if number > previous:
+                points += 1
+            previous = number
+        return min(points, target) / target
 
 
-class AlliterationScorer(Scorer):
+class AlliterationScorer(PromptScorer):
     """Words starting with the prompt's letter over ``max(words, target)``.
 
     :param target: number of words needed for a full score.
     """
 
     name = "alliteration"
+    prompt_holds = "they hold the letter"
 
     def __init__(self, target: int = 4) -> None:
         if target < 1:
             raise ValueError("target must be at least 1.")
         self.target = target
 
-    def _score(
-        self,
-        texts: list[str],
-        prompts: list[str] | None,
-        references: list[tuple[str, ...]] | None,
-    ) -> list[float]:
-        if prompts is None:
-            raise ValueError("alliteration needs the prompts (they hold the letter).")
-        out = []
-        for text, prompt in zip(texts, prompts):
-            letter = _parse(_LETTER_PROMPT, prompt, "alliteration").group(1).lower()
-            words = _WORD.findall(text)
-            hits = sum(w[0].lower() == letter for w in words)
-            out.append(hits / max(len(words), self.target))
-        return out
+    def score_one(self, text: str, prompt: str) -> float:
+        letter = _parse(_LETTER_PROMPT, prompt, "alliteration").group(1).lower()
+        words = _WORD.findall(text)
+        hits = sum(w[0].lower() == letter for w in words)
+        return hits / max(len(words), self.target)
 
 
 register_scorer("count-up", CountUpScorer, overwrite=True)
