@@ -161,9 +161,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 130
     rewards = outcome.episode_rewards
-    recent = f", mean reward of the last {min(20, len(rewards))} training episodes " + (
-        f"{sum(rewards[-20:]) / len(rewards[-20:]):.4g}" if rewards else "n/a"
-    )
+    if rewards:
+        recent = (
+            f", mean reward of the last {min(20, len(rewards))} training episodes "
+            f"{sum(rewards[-20:]) / len(rewards[-20:]):.4g}"
+        )
+    elif outcome.reported_reward is not None:
+        recent = f", mean training episode reward {outcome.reported_reward:.4g} (agent's report)"
+    else:
+        recent = ", no training episode finished"
     resumed = (
         f" (resumed from step {outcome.resumed_from})" if outcome.resumed_from is not None else ""
     )

@@ -56,6 +56,9 @@ class TrainOutcome:
     :param train_time: seconds of this call's training.
     :param episode_rewards: rewards of the training episodes of this call.
     :param interrupted: whether training stopped on ``KeyboardInterrupt``.
+    :param reported_reward: the mean training episode reward the agent itself last reported, for
+        agents whose episodes run elsewhere (``rllib-ppo``: in Ray's env runners, so
+        ``episode_rewards`` stays empty): its callbacks' ``row["rollout/ep_rew_mean"]``.
     """
 
     out_dir: Path
@@ -64,6 +67,7 @@ class TrainOutcome:
     train_time: float
     episode_rewards: list[float]
     interrupted: bool = False
+    reported_reward: float | None = None
 
 
 def _make_env(config: RunConfig, split: str | None = None) -> gym.Env:
@@ -172,6 +176,7 @@ class _Progress:
             file=sys.stderr,
         )
         self.episodes_logged = len(monitor.get_episode_rewards())
+        self.reported_reward: float | None = None
         self.writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -205,6 +210,13 @@ class _Progress:
             recent = rewards[-20:]
             self.bar.set_postfix(reward=f"{np.mean(recent):.3g}", refresh=False)
             self.episodes_logged = len(rewards)
+        row = locals_.get("row")  # agents whose episodes run elsewhere report their own mean
+        reported = row.get("rollout/ep_rew_mean") if isinstance(row, dict) else None
+        if isinstance(reported, (int, float)) and np.isfinite(reported):
+            self.reported_reward = float(reported)
+            self.bar.set_postfix(reward=f"{self.reported_reward:.3g}", refresh=False)
+            if self.writer is not None:
+                self.writer.add_scalar("episode/reward_mean", self.reported_reward, self.steps)
         if self.next_checkpoint is not None and self.steps >= self.next_checkpoint:
             self.checkpoint()
             while self.next_checkpoint <= self.steps:
@@ -359,6 +371,7 @@ def train_run(
         train_time,
         [float(r) for r in env.get_episode_rewards()[episodes_before:]],
         interrupted,
+        tracker.reported_reward,
     )
 
 

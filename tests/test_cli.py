@@ -262,3 +262,37 @@ def test_console_script_runs() -> None:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "agents.cli"]
     out = subprocess.run([*cmd, "agents"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ppo" in out.stdout
+
+
+def test_agent_reported_reward_when_episodes_run_elsewhere(tmp_path: Path, capsys) -> None:
+    """An agent whose episodes run outside the run's env (``rllib-ppo``: in Ray's env runners)
+    reports its mean episode reward in the callback's ``row``; the run and ``train`` print it."""
+    from agents.baselines import RandomAgent
+    from agents.registry import register_agent, unregister_agent
+
+    class Reporting(RandomAgent):
+        def learn(self, total_timesteps: int, callback=None):
+            for i in range(4):
+                self.num_timesteps += total_timesteps // 4
+                row = {"time/total_timesteps": self.num_timesteps, "rollout/ep_rew_mean": i / 4}
+                if callback is not None and callback({"self": self, "row": row}, {}) is False:
+                    break
+            return self
+
+    def make_reporting(env: gym.Env, seed: int | None = None) -> Reporting:
+        """Reports rows as rllib-ppo does, never steps the env."""
+        return Reporting(env, seed=seed)
+
+    register_agent("report-test", make_reporting)
+    try:
+        config = RunConfig("LMCountUp-v0", "report-test", n_timesteps=64)
+        outcome = training.train_run(config, tmp_path / "run", progress=False)
+        assert outcome.episode_rewards == [] and outcome.reported_reward == 0.75
+        assert outcome.num_timesteps == 64
+        code, out, _ = run(
+            capsys, "train", "LMCountUp-v0", "--agent", "report-test", "--steps", "64",
+            "--out", str(tmp_path / "cli"),
+        )  # fmt: skip
+        assert code == 0 and "mean training episode reward 0.75 (agent's report)" in out
+    finally:
+        unregister_agent("report-test")

@@ -447,3 +447,21 @@ def test_similarity_prompt_fallback_and_batching(similarity):
     assert mixed[1] == pytest.approx(batch[1], abs=1e-5)
     with pytest.raises(ValueError, match="no references and no prompt"):
         similarity(["text"])
+
+
+def test_model_based_scorers_are_shared_per_process(tiny_classifier) -> None:
+    """Envs built with the same classifier reward hold one model; other scorers stay per env."""
+    from lm_gym.rewards import shared_scorer
+    from lm_gym.tasks.text_generation import TextGenerationEnv
+
+    kwargs = {"reward": "sentiment-classifier", "reward_kwargs": {"model": str(tiny_classifier)}}
+    a, b = TextGenerationEnv(**kwargs), TextGenerationEnv(**kwargs)
+    assert a.reward_scorer is b.reward_scorer
+    other = TextGenerationEnv(
+        reward="sentiment-classifier",
+        reward_kwargs={"model": str(tiny_classifier), "label": "NEGATIVE"},
+    )
+    assert other.reward_scorer is not a.reward_scorer
+    assert other.reward_scorer.label == "NEGATIVE" and a.reward_scorer.label == "POSITIVE"
+    assert shared_scorer("bleu") is not shared_scorer("bleu")  # not shareable: one per caller
+    assert TextGenerationEnv().reward_scorer is not TextGenerationEnv().reward_scorer

@@ -24,7 +24,7 @@ from gymnasium import spaces
 
 from lm_gym.data import Sample, load_dataset
 from lm_gym.models import load_tokenizer
-from lm_gym.rewards import Scorer, make_scorer
+from lm_gym.rewards import Scorer, shared_scorer
 
 ObsType = dict[str, np.ndarray]
 
@@ -167,7 +167,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             cfg["reward"], cfg["reward_kwargs"]
         )
         self.metric_scorers: dict[str, Scorer] = {
-            name: make_scorer(name) for name in cfg["metrics"] if name != self.reward_name
+            name: shared_scorer(name) for name in cfg["metrics"] if name != self.reward_name
         }
         self.defer_reward = bool(cfg["defer_reward"])
         self._reward_batcher: str | None = None
@@ -320,7 +320,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     def _make_reward(self, reward: Any, kwargs: Mapping[str, Any]) -> tuple[str, Scorer]:
         if reward is None:
             raise ValueError(f"{type(self).__name__} needs a reward (a scorer name or callable).")
-        scorer = make_scorer(reward, **kwargs)
+        scorer = shared_scorer(reward, **kwargs)
         name = reward if isinstance(reward, str) else getattr(scorer, "name", "reward")
         return name, scorer
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ from lm_gym.rewards.text_stats import (
 )
 
 _REGISTRY: dict[str, Callable[..., Scorer]] = {}
+#: shareable scorers built by :func:`shared_scorer`, by name and keyword arguments
+_SHARED: dict[str, Scorer] = {}
 
 
 def register_scorer(name: str, factory: Callable[..., Scorer], *, overwrite: bool = False) -> None:
@@ -67,6 +70,8 @@ def register_scorer(name: str, factory: Callable[..., Scorer], *, overwrite: boo
             f"a scorer named {name!r} is already registered; pass overwrite=True to replace it."
         )
     _REGISTRY[name] = factory
+    for key in [k for k in _SHARED if json.loads(k)[0] == name]:  # built by a replaced factory
+        del _SHARED[key]
 
 
 def list_scorers() -> list[str]:
@@ -126,6 +131,27 @@ def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Score
     )
 
 
+def shared_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Scorer:
+    """:func:`make_scorer`, but a scorer built by name whose class is :attr:`Scorer.shareable`
+    (the model-based ones: a classifier, sentence embeddings) is built once per process and
+    reused for the same name and keyword arguments: 16 envs of a ``DummyVecEnv`` with a classifier
+    reward hold one classifier, not 16. Environments build their scorers with it.
+
+    :param spec: as for :func:`make_scorer`.
+    :param kwargs: as for :func:`make_scorer`.
+    :return: the scorer (shared, or new for specs that are not names or not shareable).
+    """
+    if not isinstance(spec, str):
+        return make_scorer(spec, **kwargs)
+    key = json.dumps([spec, kwargs], sort_keys=True, default=repr)
+    scorer = _SHARED.get(key)
+    if scorer is None:
+        scorer = make_scorer(spec, **kwargs)
+        if scorer.shareable:
+            _SHARED[key] = scorer
+    return scorer
+
+
 def _register_builtins() -> None:
     builtins: dict[str, Callable[..., Scorer]] = {
         "sentiment": VaderSentimentScorer,
@@ -167,4 +193,5 @@ __all__ = [
     "list_scorers",
     "make_scorer",
     "register_scorer",
+    "shared_scorer",
 ]

@@ -29,11 +29,15 @@ class Scorer(ABC):
     :cvar higher_is_better: ``False`` for error-like metrics such as TER; an RL reward should then
         use the negated score.
     :cvar needs_references: ``True`` when every text must come with at least one reference.
+    :cvar shareable: ``True`` when one instance may serve every env of a process (no state that
+        changes while scoring; set on the model-based scorers, whose model is costly to hold
+        once per env): see :func:`lm_gym.rewards.shared_scorer`.
     """
 
     name: str = "scorer"
     higher_is_better: bool = True
     needs_references: bool = False
+    shareable: bool = False
 
     def score(
         self,

@@ -63,6 +63,7 @@ class ClassifierScorer(Scorer):
     """
 
     name = "sentiment-classifier"
+    shareable = True
 
     def __init__(
         self,

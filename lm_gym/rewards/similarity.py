@@ -51,6 +51,7 @@ class SimilarityScorer(Scorer):
     """
 
     name = "similarity"
+    shareable = True
 
     def __init__(
         self,
