@@ -121,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.checkpoint_freq is not None:
         overrides["checkpoint_freq"] = args.checkpoint_freq
+    for option in ("num_env_runners", "num_learners", "address"):
+        if getattr(args, option) is not None:  # the agent's options: others refuse them by name
+            overrides[option] = getattr(args, option)
     if args.warm_start:
         overrides.setdefault("warm_start", True)
     if args.resume:
@@ -294,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)"
     )
     p.add_argument("--checkpoint-freq", type=int, help="env steps between checkpoints")
+    ray = p.add_argument_group("distributed agents (rllib-ppo; the same as --set KEY=VALUE)")
+    ray.add_argument("--num-env-runners", type=int, help="sampling processes (num_env_runners)")
+    ray.add_argument("--num-learners", type=int, help="data-parallel learners (num_learners)")
+    ray.add_argument("--address", help="Ray cluster address, e.g. HOST:6379 or auto (address)")
     p.add_argument("--warm-start", action="store_true", help="supervised warm start first")
     p.add_argument("--out", required=True, help="the run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

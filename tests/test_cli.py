@@ -296,3 +296,14 @@ def test_agent_reported_reward_when_episodes_run_elsewhere(tmp_path: Path, capsy
         assert code == 0 and "mean training episode reward 0.75 (agent's report)" in out
     finally:
         unregister_agent("report-test")
+
+
+def test_distributed_flags_are_agent_options(tmp_path: Path, capsys) -> None:
+    """``--num-env-runners`` / ``--num-learners`` / ``--address`` set the agent's options of those
+    names: an agent without them refuses them by name (rllib-ppo's use: tests/test_rllib.py)."""
+    code, _, err = run(
+        capsys, "train", "LMCountUp-v0", "--agent", "ppo", "--num-env-runners", "2",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code != 0 and "no option 'num_env_runners'" in err
+    assert not (tmp_path / "run" / "final").exists()

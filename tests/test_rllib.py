@@ -413,3 +413,29 @@ def test_ppo_on_local_cluster_learns_and_resumes(ray_cluster, tmp_path):
     again.load(tmp_path / "saved")
     assert again.num_timesteps == 1536
     assert int(again.predict(obs, deterministic=True)[0]) == int(greedy)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+def test_cli_trains_and_evaluates_rllib_ppo(ray_cluster, tmp_path, capsys):
+    """``lm-gym train ENV --agent rllib-ppo --num-env-runners N --num-learners M`` writes a run
+    folder that ``lm-gym eval`` reads like any other agent's (on the module's running cluster)."""
+    from agents.cli import main
+
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train", "LMCountUp-v0", "--agent", "rllib-ppo", "--model", "tiny-gpt2",
+            "--steps", "128", "--num-env-runners", "1", "--num-learners", "1",
+            "--set", "train_batch_size=64", "--set", "minibatch_size=32",
+            "--set", "num_epochs=1", "--set", "num_envs_per_env_runner=4",
+            "--set", "eval_episodes=0", "--no-progress", "--out", str(run),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "trained to step 128" in out and "(agent's report)" in out
+    assert (run / "final").is_dir() and (run / "config.yaml").is_file()
+    assert main(["eval", str(run), "--episodes", "4", "--no-reference", "--show", "0"]) == 0
+    assert "rllib-ppo on LMCountUp-v0" in capsys.readouterr().out
+    assert len(json.loads((run / "eval_test.json").read_text())["episodes"]) == 4
