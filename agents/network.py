@@ -23,6 +23,7 @@ import copy
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
@@ -35,6 +36,8 @@ __all__ = [
     "RolloutKVCache",
     "check_lm_spaces",
     "disable_dropout",
+    "left_padded_rows",
+    "pack_real_tokens",
     "position_ids_from_mask",
     "strict_device",
 ]
@@ -90,6 +93,41 @@ def check_lm_spaces(
     if not isinstance(action_space, spaces.Discrete):
         raise ValueError(f"{owner}: expected a Discrete(vocab) action space; got {action_space}.")
     return int(ids.shape[0])
+
+
+def left_padded_rows(attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real tokens per row, and which rows are left-padded lm-gym windows (``[0, ..., 0, 1, ...,
+    1]`` with at least one real token).
+
+    :param attention_mask: ``(n, W)`` masks.
+    :return: ``(n_real, left_padded)``, both ``(n,)``.
+    """
+    mask = np.asarray(attention_mask) != 0
+    width = mask.shape[1]
+    n_real = mask.sum(1)
+    left_padded = (mask == (np.arange(width)[None, :] >= width - n_real[:, None])).all(1)
+    return n_real, left_padded & (n_real > 0)
+
+
+def pack_real_tokens(
+    input_ids: torch.Tensor, context_rows: torch.Tensor, n_real: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Real tokens of left-padded windows, left-aligned in a ``(B, max(lengths))`` batch: one causal
+    forward over them gives the hidden state of every shorter window whose real tokens are a
+    prefix (:class:`agents.ppo.EpisodePPO`'s update, the RLlib module's train forward).
+
+    :param input_ids: ``(n, W)`` all observation ids of the buffer (long).
+    :param context_rows: ``(B,)`` rows of the context windows.
+    :param n_real: ``(B,)`` real tokens of each context window.
+    :param lengths: ``(B,)`` tokens to keep from each (a prefix of the real tokens).
+    :return: ``(B, L)`` ids; positions past a segment's length repeat its last kept token (their
+        outputs are never read, and causal attention keeps them from earlier positions).
+    """
+    width = input_ids.shape[1]
+    span = int(lengths.max())
+    cols = torch.arange(span, device=input_ids.device)[None, :]
+    cols = torch.minimum(cols, (lengths - 1)[:, None]) + (width - n_real)[:, None]
+    return input_ids[context_rows].gather(1, cols)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

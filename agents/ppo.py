@@ -65,7 +65,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from agents.network import GPT2ActorCritic
+from agents.network import GPT2ActorCritic, left_padded_rows, pack_real_tokens
 from agents.policies import GPT2ActorCriticPolicy
 
 __all__ = [
@@ -133,14 +133,12 @@ def build_episode_index(
     :return: the index.
     """
     n_steps, n_envs = episode_starts.shape
-    n, width = input_ids.shape
+    n = input_ids.shape[0]
     if n != n_steps * n_envs:
         raise ValueError(f"{n} observations for {n_steps} steps x {n_envs} envs.")
     ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask) != 0
-    n_real = mask.sum(1)
-    cols = np.arange(width)
-    left_padded = (mask == (cols[None, :] >= width - n_real[:, None])).all(1) & (n_real > 0)
+    n_real, left_padded = left_padded_rows(mask)
 
     # A transition continues the next one in the same env when the next step is no episode start.
     starts = np.asarray(episode_starts, dtype=bool).T.reshape(-1)  # env-major like the flat obs
@@ -219,25 +217,6 @@ def find_network(policy: th.nn.Module) -> GPT2ActorCritic | None:
     return net
 
 
-def _pack_segments(
-    input_ids: th.Tensor, context_rows: th.Tensor, n_real: th.Tensor, lengths: th.Tensor
-) -> th.Tensor:
-    """Real tokens of each context window, left-aligned in a ``(segments, max(lengths))`` batch.
-
-    :param input_ids: ``(n, W)`` all observation ids of the buffer (long).
-    :param context_rows: ``(B,)`` rows of the context windows.
-    :param n_real: ``(B,)`` real tokens of each context window.
-    :param lengths: ``(B,)`` tokens to keep from each (a prefix of the real tokens).
-    :return: ``(B, L)`` ids; positions past a segment's length repeat its last kept token (their
-        outputs are never read, and causal attention keeps them from earlier positions).
-    """
-    width = input_ids.shape[1]
-    span = int(lengths.max())
-    cols = th.arange(span, device=input_ids.device)[None, :]
-    cols = th.minimum(cols, (lengths - 1)[:, None]) + (width - n_real)[:, None]
-    return input_ids[context_rows].gather(1, cols)
-
-
 def categorical_log_prob_entropy(
     logits: th.Tensor, actions: th.Tensor, entropy_grad: bool = True
 ) -> tuple[th.Tensor, th.Tensor]:
@@ -294,7 +273,7 @@ def evaluate_episode_actions(
     positions = n_real[inverse] - 1 - offset
 
     device = input_ids.device
-    packed = _pack_segments(
+    packed = pack_real_tokens(
         input_ids,
         th.as_tensor(index.context[uniq], device=device),
         th.as_tensor(n_real, device=device),

@@ -14,7 +14,13 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
-from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces
+from agents.network import (
+    GPT2ActorCritic,
+    RolloutKVCache,
+    check_lm_spaces,
+    left_padded_rows,
+    pack_real_tokens,
+)
 from agents.rllib.policy import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
 __all__ = ["GPT2RLModule", "episode_last_hidden", "weight_sync_bytes"]
@@ -50,10 +56,7 @@ def episode_last_hidden(
     mask = attention_mask.long()
     rows, width = ids.shape
     ids_np = ids.detach().cpu().numpy()
-    mask_np = mask.detach().cpu().numpy() != 0
-    n_real = mask_np.sum(1)
-    left_padded = (mask_np == (np.arange(width)[None, :] >= width - n_real[:, None])).all(1)
-    left_padded &= n_real > 0
+    n_real, left_padded = left_padded_rows(mask.detach().cpu().numpy())
 
     # Longest rows first: each row either continues a context seen already or starts one.
     context_of = np.full(rows, -1, dtype=np.int64)
@@ -78,14 +81,9 @@ def episode_last_hidden(
     positions = 0
     if len(matched):
         ctx = np.asarray(contexts, dtype=np.int64)
-        lengths = n_real[ctx]
+        lengths = torch.as_tensor(n_real[ctx], device=device)
         span = int(lengths.max())
-        cols = (
-            np.minimum(np.arange(span)[None, :], lengths[:, None] - 1) + (width - lengths)[:, None]
-        )
-        packed = ids[torch.as_tensor(ctx, device=device)].gather(
-            1, torch.as_tensor(cols, device=device)
-        )
+        packed = pack_real_tokens(ids, torch.as_tensor(ctx, device=device), lengths, lengths)
         hidden, _ = net.run_trunk(packed, torch.ones_like(packed))
         at_row = torch.as_tensor(context_of[matched], device=device)
         at_col = torch.as_tensor(n_real[matched] - 1, device=device)
