@@ -17,7 +17,9 @@ baseline, a third-party plug-in), meets one small protocol, a subset of SB3's:
 Optional capabilities, used where present: ``num_timesteps`` (env steps learned so far),
 ``set_logger(logger)`` (an SB3 :class:`~stable_baselines3.common.logger.Logger`, for TensorBoard),
 and ``action_log_probs(observations)`` (the log-probabilities the agent gives every action of a
-batch of observations: the benchmark's KL to the reference LM needs it).
+batch of observations: the benchmark's KL to the reference LM needs it). An agent whose ``predict``
+cannot take a batch sets ``supports_batch_predict = False``: the evaluation then plays one episode at
+a time instead of one batched ``predict`` for all its parallel episodes.
 """
 
 from __future__ import annotations
@@ -173,8 +175,6 @@ def model_for_env(model: str, env: gym.Env) -> str:
 
     :param model: a causal LM name or folder.
     :param env: the env the model will act on.
-    :raises ValueError: the env has a small vocabulary and ``model`` is neither a built-in name nor
-        a folder of a model with that vocabulary.
     """
     from lm_gym.models import BUILTIN_LMS, GPT2_TOKENIZER_NAMES, GPT2_VOCAB_SIZE
 
@@ -184,11 +184,9 @@ def model_for_env(model: str, env: gym.Env) -> str:
     if model in GPT2_TOKENIZER_NAMES:
         model = "tiny-gpt2"
     if model not in BUILTIN_LMS:
-        raise ValueError(
-            f"The env's vocabulary has {vocab} tokens; model {model!r} cannot act on it. Use a "
-            f"built-in name ({', '.join(sorted(BUILTIN_LMS))}), built with the env's vocabulary, "
-            "or a folder of a model trained on the env's tokenizer."
-        )
+        # a model with its own tokenizer (smollm2-135m, tiny-llama, a hub id): the policy checks
+        # that its vocabulary is the env's and says which tokenizer to pass when it is not
+        return model
     from lm_gym.data import cache_dir
     from lm_gym.models import load_causal_lm
 
@@ -374,7 +372,7 @@ class BaseAgent:
 class LMAgent(BaseAgent):
     """Base of the agents whose policy is a causal LM acting one token per step.
 
-    It owns the network (:class:`agents.network.GPT2ActorCritic`), a per-env KV cache
+    It owns the network (:class:`agents.network.CausalLMActorCritic`), a per-env KV cache
     (:class:`agents.network.RolloutKVCache`: a step computes only the new token) and a torch
     generator seeded from the agent's ``rng``, for sampling. Subclasses check their own options,
     then call :meth:`_init_lm`.
@@ -403,7 +401,7 @@ class LMAgent(BaseAgent):
         """
         import torch
 
-        from agents.network import GPT2ActorCritic, RolloutKVCache
+        from agents.network import CausalLMActorCritic, RolloutKVCache
 
         self.model = model if isinstance(model, str) else "<object>"
         self.device = device
@@ -412,10 +410,10 @@ class LMAgent(BaseAgent):
         if seeded_init:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(self.rng.integers(2**31)))
-                self.net = GPT2ActorCritic(lm, value_head=value_head).to(self._device)
+                self.net = CausalLMActorCritic(lm, value_head=value_head).to(self._device)
         else:
-            self.net = GPT2ActorCritic(lm, value_head=value_head).to(self._device)
-        self.net.eval()  # dropout is off in GPT2ActorCritic; eval mode keeps rollouts and updates equal
+            self.net = CausalLMActorCritic(lm, value_head=value_head).to(self._device)
+        self.net.eval()  # dropout is off in the network; eval mode keeps rollouts and updates equal
         self.cache = RolloutKVCache()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(int(self.rng.integers(2**62)))

@@ -22,6 +22,7 @@ file back with ``--config`` reproduces the run.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,12 +52,28 @@ class ConfigError(ValueError):
     """A configuration file or key that cannot be used."""
 
 
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-5`` as a float (YAML 1.1 wants ``1.0e-5``)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`_YAMLLoader`."""
+    return yaml.load(text, Loader=_YAMLLoader)  # a SafeLoader subclass
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
     if data is None:
@@ -71,12 +88,25 @@ def agent_config_file(agent: str) -> Path:
     return CONFIG_DIR / f"{agent}.yaml"
 
 
-def load_hyperparams(agent: str, env_id: str) -> dict[str, Any]:
-    """The built-in hyperparameters of ``agent`` on ``env_id``: ``default`` then the env's section.
+def load_hyperparams(agent: str, env_id: str, model: str | None = None) -> dict[str, Any]:
+    """The built-in hyperparameters of ``agent`` on ``env_id`` with ``model``.
+
+    Sections are applied in this order, later ones winning: ``default``, the env id's section,
+    then, when ``model`` is given and the file has a ``models:`` mapping with an entry for it, that
+    model's ``default`` and env-id sections (a recipe tuned for one pretrained model)::
+
+        default: {n_steps: 256}
+        LMText-v0: {kl_coef: 0.05}
+        models:
+          smollm2-135m:
+            default: {learning_rate: 1.0e-5}
+            LMText-v0: {kl_target: 2.0}
 
     :param agent: an agent name.
     :param env_id: an env id.
+    :param model: the model name the agent will use (``None``: no model section).
     :return: a new dict (empty when the agent has no file).
+    :raises ConfigError: a ``models`` entry that is not a mapping.
     """
     path = agent_config_file(agent)
     if not path.exists():
@@ -84,6 +114,13 @@ def load_hyperparams(agent: str, env_id: str) -> dict[str, Any]:
     data = _read_yaml(path)
     out = copy.deepcopy(data.get("default") or {})
     out.update(copy.deepcopy(data.get(env_id) or {}))
+    models = data.get("models") or {}
+    if model is not None and model in models:
+        section = models[model]
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: models.{model} must be a mapping of sections.")
+        out.update(copy.deepcopy(section.get("default") or {}))
+        out.update(copy.deepcopy(section.get(env_id) or {}))
     return out
 
 
@@ -172,7 +209,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"Override {item!r} must look like key=value.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"Override {item!r}: value is not valid YAML: {exc}") from exc
         out[key.strip()] = value
@@ -240,7 +277,12 @@ def resolve_run_config(
     spec = agent_spec(agent)
     merged: dict[str, Any] = {}
     if use_builtin:
-        merged.update(load_hyperparams(agent, env_id))
+        # the model decides the per-model recipe section: the last source that names it wins
+        chosen = model
+        for source in (overrides or {}, file_values):
+            if chosen is None and isinstance(source.get("model"), str):
+                chosen = source["model"]
+        merged.update(load_hyperparams(agent, env_id, chosen))
     merged.update(base_run)
     merged.update(file_values)
     merged.update(dict(overrides or {}))
@@ -254,6 +296,10 @@ def resolve_run_config(
     if n_timesteps is not None:
         run["n_timesteps"] = n_timesteps
     from lm_gym import __version__
+    from lm_gym.envs import env_kwargs_for_model
+
+    # the env's tokenizer follows the model (SmolLM2's 49152 tokens, not GPT-2's 50257)
+    env_kwargs = env_kwargs_for_model(env_id, agent_values.get("model"), run["env_kwargs"])
 
     return RunConfig(
         env_id=env_id,
@@ -261,7 +307,7 @@ def resolve_run_config(
         seed=int(run["seed"]),
         n_timesteps=int(run["n_timesteps"]),
         hyperparams=agent_values,
-        env_kwargs=dict(run["env_kwargs"] or {}),
+        env_kwargs=env_kwargs,
         eval_episodes=int(run["eval_episodes"]),
         checkpoint_freq=int(run["checkpoint_freq"]),
         lm_gym_version=__version__,

@@ -36,7 +36,7 @@ from agents.base import load_agent
 from agents.hyperparams import RunConfig
 from agents.registry import make_agent
 
-__all__ = ["TrainOutcome", "latest_checkpoint", "load_run", "train_run"]
+__all__ = ["TrainOutcome", "latest_checkpoint", "load_run", "make_run_env", "train_run"]
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
@@ -70,7 +70,12 @@ class TrainOutcome:
     reported_reward: float | None = None
 
 
-def _make_env(config: RunConfig, split: str | None = None) -> gym.Env:
+def make_run_env(config: RunConfig, split: str | None = None) -> gym.Env:
+    """The env of a run config (its ``env_kwargs``), on ``split`` when given.
+
+    :param config: the run config.
+    :param split: the data split (``None``: the config's).
+    """
     import lm_gym  # noqa: F401  (registers the ids)
 
     kwargs = dict(config.env_kwargs)
@@ -308,7 +313,7 @@ def train_run(
         out.mkdir(parents=True, exist_ok=True)
         config.save(config_path)
 
-    env = Monitor(_make_env(config), str(out / "train"), override_existing=not resume)
+    env = Monitor(make_run_env(config), str(out / "train"), override_existing=not resume)
     agent = build_agent(config, env, out)
     start = 0
     if resume:
@@ -401,7 +406,7 @@ def load_run(
             if found is None:
                 raise RunFolderError(f"{out} has no trained agent yet (no final/ or checkpoint).")
             checkpoint = found[1]
-    env = _make_env(config, split)
+    env = make_run_env(config, split)
     agent = build_agent(config, env, out)
     agent = load_agent(agent, Path(checkpoint) / "agent", env=env)
     return config, agent, env

@@ -10,12 +10,12 @@ name               agent
 ``supervised``     fine-tuning on the task's references (:class:`agents.supervised.SupervisedAgent`)
 ``tabular-q``      tabular Q-learning, epsilon-greedy or softmax (:class:`agents.tabular.QLearning`)
 ``tabular-reinforce``  tabular REINFORCE with/without baseline (:class:`agents.tabular.Reinforce`)
-``reinforce``      REINFORCE with a GPT-2 policy, with/without baseline (:class:`agents.reinforce.LMReinforce`)
-``ppo``            PPO (episode-level updates, :class:`agents.ppo.EpisodePPO`) + GPT-2 actor-critic
-``a2c``            A2C + GPT-2 actor-critic
-``trpo``           sb3-contrib TRPO + GPT-2 actor-critic
-``nlpo``           sb3-contrib MaskablePPO + GPT-2 with NLPO top-p masking
-``dqn``            DQN + GPT-2 Q-network
+``reinforce``      REINFORCE with a causal-LM policy, with/without baseline (:class:`agents.reinforce.LMReinforce`)
+``ppo``            PPO (episode-level updates, :class:`agents.ppo.EpisodePPO`) + LM actor-critic
+``a2c``            A2C + LM actor-critic
+``trpo``           sb3-contrib TRPO + LM actor-critic
+``nlpo``           sb3-contrib MaskablePPO + LM with NLPO top-p masking
+``dqn``            DQN + LM Q-network
 =================  ==========================================================================
 
 Every LM agent takes ``model`` (a causal LM name or folder; ``"gpt2"`` offline falls back to the
@@ -60,10 +60,10 @@ def is_random_init(model: str) -> bool:
     :param model: a model name or folder.
     """
     from agents.supervised import base_model_name
-    from lm_gym.models import BUILTIN_LMS, GPT2_TOKENIZER_NAMES, hub_reachable
+    from lm_gym.models import GPT2_TOKENIZER_NAMES, hub_reachable, is_builtin_random
 
     base = base_model_name(model)
-    if base in BUILTIN_LMS or "-vocab" in Path(base).name:
+    if is_builtin_random(base) or "-vocab" in Path(base).name:
         return True
     if base in GPT2_TOKENIZER_NAMES and not Path(base).is_dir():
         return not hub_reachable()  # offline, "gpt2" falls back to the built-in tiny GPT-2
@@ -406,7 +406,7 @@ def make_reinforce(
     seed: int | None = None,
     verbose: int = 0,
 ) -> Any:
-    """REINFORCE with a GPT-2 policy, with or without a learned value baseline.
+    """REINFORCE with a causal-LM policy, with or without a learned value baseline.
 
     :param env: an lm-gym env.
     :param model: causal LM name or folder.
@@ -457,10 +457,10 @@ def _policy_class(name: str) -> type:
     from agents import policies
 
     if name == "dqn":
-        return policies.GPT2DQNPolicy
+        return policies.LMDQNPolicy
     if name == "nlpo":
-        return policies.MaskableGPT2ActorCriticPolicy
-    return policies.GPT2ActorCriticPolicy
+        return policies.MaskableLMActorCriticPolicy
+    return policies.LMActorCriticPolicy
 
 
 #: Options of the SB3 factories besides the algorithm's own.
@@ -481,7 +481,10 @@ SB3_COMMON_OPTIONS = (
 #: Algorithm arguments the factories set themselves.
 _MANAGED = {"self", "policy", "env", "tensorboard_log", "_init_setup_model"}
 #: Extra options per algorithm.
-_EXTRA_OPTIONS = {"nlpo": ("nlpo_top_p", "mask_update_every"), "ppo": ("episode_eval",)}
+_EXTRA_OPTIONS = {
+    "nlpo": ("nlpo_top_p", "mask_update_every"),
+    "ppo": ("episode_eval", "episode_minibatches"),
+}
 
 
 def _algo_option_names(name: str) -> list[str]:
@@ -556,8 +559,10 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             algo_kwargs.setdefault("rollout_buffer_class", NLPORolloutBuffer)
             callbacks.append(NLPOMaskUpdateCallback(int(extra.get("mask_update_every", 4))))
             learn_kwargs["use_masking"] = False  # the policy masks itself (NLPO top-p)
-        if name == "ppo" and "episode_eval" in extra:
-            algo_kwargs["episode_eval"] = bool(extra["episode_eval"])
+        if name == "ppo":
+            for option in ("episode_eval", "episode_minibatches"):
+                if option in extra:
+                    algo_kwargs[option] = bool(extra[option])
         if callbacks:
             learn_kwargs["callback"] = callbacks
         algo = _algo_class(name)(
@@ -573,9 +578,9 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         if name == "trpo":
             # TRPO differentiates twice (Hessian-vector products); PyTorch's fused CPU attention
             # kernels have no double backward, so the policy's LM uses eager attention.
-            from agents.policies import gpt2_network
+            from agents.policies import lm_network
 
-            gpt2_network(algo.policy).lm.set_attn_implementation("eager")
+            lm_network(algo.policy).lm.set_attn_implementation("eager")
         return SB3Agent(algo, learn_kwargs)
 
     factory.__doc__ = summary
@@ -584,11 +589,11 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
 
 
 SB3_ALGORITHMS = {
-    "ppo": "PPO with the GPT-2 actor-critic policy (episode-level updates)",
-    "a2c": "A2C with the GPT-2 actor-critic policy",
-    "trpo": "TRPO (sb3-contrib) with the GPT-2 actor-critic policy",
-    "nlpo": "NLPO: MaskablePPO with top-p masks from a lagged GPT-2 policy",
-    "dqn": "DQN with a GPT-2 Q-network over the vocabulary",
+    "ppo": "PPO with the causal-LM actor-critic policy (episode-level updates)",
+    "a2c": "A2C with the causal-LM actor-critic policy",
+    "trpo": "TRPO (sb3-contrib) with the causal-LM actor-critic policy",
+    "nlpo": "NLPO: MaskablePPO with top-p masks from a lagged copy of the LM policy",
+    "dqn": "DQN with a causal-LM Q-network over the vocabulary",
 }
 
 

@@ -301,18 +301,25 @@ def setup_torch(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def make_vec_env(env_id: str, n_envs: int, seed: int, **env_kwargs: Any) -> Any:
+def make_vec_env(
+    env_id: str, n_envs: int, seed: int, *, model: str | None = None, **env_kwargs: Any
+) -> Any:
     """An SB3 ``DummyVecEnv`` of an lm-gym id (no ``render_mode``), seeded.
 
     :param env_id: e.g. ``"LMText-v0"`` (the ``lm_gym:`` prefix is added when missing).
     :param n_envs: number of envs.
     :param seed: seed of the first env (SB3 adds the env's rank).
+    :param model: the model that will act on the envs: their tokenizer follows it
+        (:func:`lm_gym.envs.env_kwargs_for_model`).
     :param env_kwargs: env options (``max_new_tokens`` ...).
     """
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 
+    from lm_gym.envs import env_kwargs_for_model
+
     if ":" not in env_id:
         env_id = f"lm_gym:{env_id}"
+    env_kwargs = env_kwargs_for_model(env_id, model, env_kwargs)
     return sb3_make_vec_env(
         env_id, n_envs=n_envs, seed=seed, env_kwargs={"render_mode": None, **env_kwargs}
     )
@@ -346,11 +353,11 @@ def make_ppo(
     """
     from stable_baselines3.common.logger import Logger
 
-    from agents.policies import GPT2ActorCriticPolicy
+    from agents.policies import LMActorCriticPolicy
     from agents.ppo import EpisodePPO
 
     model = EpisodePPO(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         env,
         n_steps=n_steps,
         batch_size=batch_size,
@@ -378,7 +385,9 @@ def setup_ppo(
     :return: the device and the model.
     """
     device = setup_torch(args)
-    env = make_vec_env(args.env, args.n_envs, args.seed, max_new_tokens=args.new_tokens)
+    env = make_vec_env(
+        args.env, args.n_envs, args.seed, model=args.model, max_new_tokens=args.new_tokens
+    )
     model = make_ppo(
         env,
         args.model,

@@ -3,10 +3,10 @@
 Four figures, all in one run, on one env id and one model (default ``LMCountUp-v0``, 12 new
 tokens, and the built-in tiny GPT-2):
 
-* ``sb3``: stock SB3 ``PPO`` with :class:`agents.policies.GPT2ActorCriticPolicy` (KV-cached) collecting
+* ``sb3``: stock SB3 ``PPO`` with :class:`agents.policies.LMActorCriticPolicy` (KV-cached) collecting
   rollouts (``collect_rollouts``) from ``--envs`` envs in this process: the reference.
 * ``rllib R runners``: RLlib PPO's sampling step (``synchronous_parallel_sample``, episodes shipped
-  back to the driver) with :class:`agents.rllib.GPT2RLModule` on ``R`` env runners of ``--envs``
+  back to the driver) with :class:`agents.rllib.LMRLModule` on ``R`` env runners of ``--envs``
   envs each, for each ``R`` of ``--runners`` (default 1 and 2): the ratio to ``sb3`` and the
   scaling with runners. ``rllib 1 runner, no KV cache`` shows what the cache is worth there.
 * steps per CPU-second of each path (the driver's and the runners' CPU time): what the machine's
@@ -76,13 +76,17 @@ def sb3_sampler(env_id: str, model: str, n_envs: int, steps: int, seed: int = 0)
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.policies import GPT2ActorCriticPolicy
+    from agents.policies import LMActorCriticPolicy
     from agents.rllib import qualified_env_id
+    from lm_gym.envs import env_kwargs_for_model
 
-    venv = DummyVecEnv([lambda: gym.make(qualified_env_id(env_id)) for _ in range(n_envs)])
+    kwargs = env_kwargs_for_model(qualified_env_id(env_id), model)
+    venv = DummyVecEnv(
+        [lambda: gym.make(qualified_env_id(env_id), **kwargs) for _ in range(n_envs)]
+    )
     n_steps = max(1, steps // n_envs)
     algo = PPO(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         venv,
         n_steps=n_steps,
         batch_size=n_steps * n_envs,
@@ -272,10 +276,11 @@ def update_comparison(args: argparse.Namespace) -> dict[str, Any]:
 
 def sync_sizes(model: str, env_id: str) -> dict[str, int]:
     """:func:`agents.rllib.weight_sync_bytes` of a module built on ``env_id``'s spaces."""
-    from agents.rllib import GPT2RLModule, weight_sync_bytes
+    from agents.rllib import LMRLModule, weight_sync_bytes
+    from lm_gym.envs import env_kwargs_for_model
 
-    env = gym.make(env_id)
-    module = GPT2RLModule(
+    env = gym.make(env_id, **env_kwargs_for_model(env_id, model))
+    module = LMRLModule(
         observation_space=env.observation_space,
         action_space=env.action_space,
         model_config={"model": model},

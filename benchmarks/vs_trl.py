@@ -5,7 +5,7 @@ their config with the real GPT-2 tokenizer), in the same process, alternating on
 each, ``--iterations`` timed iterations per side after ``--warmup`` untimed ones. Same work per
 iteration:
 
-* lm-gym: :class:`agents.ppo.EpisodePPO` with :class:`agents.policies.GPT2ActorCriticPolicy`
+* lm-gym: :class:`agents.ppo.EpisodePPO` with :class:`agents.policies.LMActorCriticPolicy`
   (KV-cached rollouts) on ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1 minibatch,
   one optimizer step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
 * TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size=n``,
@@ -79,16 +79,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_bench_args(parser, argv, {**quick, "iterations": 1, "warmup": 0, "prompts": 4})
 
 
-def env_prompts(env_id: str, count: int, new_tokens: int, seed: int) -> tuple[list[str], Any]:
+def env_prompts(
+    env_id: str, count: int, new_tokens: int, seed: int, model: str | None = None
+) -> tuple[list[str], Any]:
     """The first ``count`` prompts the lm-gym env draws, as the text of its observation windows.
 
     :param env_id: the lm-gym id.
     :param count: number of prompts.
     :param new_tokens: the env's ``max_new_tokens``.
     :param seed: seeds of the resets are ``seed, seed + 1, ...``.
+    :param model: the model that acts: the env's tokenizer follows it.
     :return: the prompts and the env (its tokenizer and reward scorer are reused).
     """
-    env = gym.make(f"lm_gym:{env_id}", max_new_tokens=new_tokens).unwrapped
+    from lm_gym.envs import env_kwargs_for_model
+
+    env_id = f"lm_gym:{env_id}"
+    kwargs = env_kwargs_for_model(env_id, model, {"max_new_tokens": new_tokens})
+    env = gym.make(env_id, **kwargs).unwrapped
     prompts = []
     for i in range(count):
         obs, _ = env.reset(seed=seed + i)
@@ -211,8 +218,10 @@ def bench_model(model_name: str, args: argparse.Namespace, device: torch.device)
     :param args: the parsed command line.
     :param device: torch device.
     """
-    prompts, env = env_prompts(args.env, args.prompts, args.new_tokens, args.seed)
-    vec_env = make_vec_env(args.env, args.n, args.seed, max_new_tokens=args.new_tokens)
+    prompts, env = env_prompts(args.env, args.prompts, args.new_tokens, args.seed, model_name)
+    vec_env = make_vec_env(
+        args.env, args.n, args.seed, model=model_name, max_new_tokens=args.new_tokens
+    )
     steps = args.n * args.new_tokens
     model = make_ppo(
         vec_env,

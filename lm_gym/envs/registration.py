@@ -126,3 +126,54 @@ def list_envs(include_online: bool = True) -> list[EnvEntry]:
     :param include_online: include the ids that need the hub.
     """
     return [e for e in ENV_ENTRIES if include_online or not e.online]
+
+
+def default_tokenizer(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str:
+    """The tokenizer name that ``gymnasium.make(env_id, **env_kwargs)`` uses.
+
+    :param env_id: a registered id (``"LMText-v0"`` or ``"lm_gym:LMText-v0"``).
+    :param env_kwargs: keyword arguments of ``gymnasium.make``.
+    :raises gymnasium.error.Error: the id is not registered.
+    """
+    spec = gym.spec(env_id)
+    kwargs = {**spec.kwargs, **(env_kwargs or {})}
+    if "tokenizer" in kwargs:
+        return str(kwargs["tokenizer"])
+    if "tokenizer" in dict(kwargs.get("config") or {}):
+        return str(kwargs["config"]["tokenizer"])
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        import importlib
+
+        module, name = entry.split(":")
+        entry = getattr(importlib.import_module(module), name)
+    default_config = getattr(entry, "default_config", None)
+    return str(default_config().get("tokenizer", "gpt2")) if default_config else "gpt2"
+
+
+def env_kwargs_for_model(
+    env_id: str, model: Any, env_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``env_kwargs`` with the env's tokenizer set to ``model``'s, so that the action space is the
+    model's vocabulary.
+
+    Only envs that use GPT-2's tokenizer by default follow the model (the word-level envs keep
+    their own small vocabulary: a built-in model is built for it, see
+    ``agents.common.model_for_env``). A tokenizer that the caller already set is kept as given.
+
+    :param env_id: a registered id.
+    :param model: a model name, folder or ``.gguf`` path (anything else: ``env_kwargs`` unchanged).
+    :param env_kwargs: keyword arguments of ``gymnasium.make``.
+    :return: a new dict.
+    """
+    from lm_gym.models import tokenizer_name_for_model
+
+    out = dict(env_kwargs or {})
+    if not isinstance(model, str) or "tokenizer" in out:
+        return out
+    if default_tokenizer(env_id, out) != "gpt2":
+        return out
+    tokenizer = tokenizer_name_for_model(model)
+    if tokenizer != "gpt2":
+        out["tokenizer"] = tokenizer
+    return out

@@ -1,0 +1,301 @@
+"""Quality of RL on a real pretrained model: before/after tables with guards against reward hacking.
+
+A GRUE-style protocol (held-out prompts, sampled decoding) on one env with one pretrained model,
+by default ``LMText-v0`` (continue a movie-review opening; VADER sentiment reward) with
+``smollm2-135m`` (the offline SmolLM2-135M-Instruct). It
+
+1. evaluates the starting model (the untrained agent: its policy *is* the pretrained LM),
+2. trains the agent as an ``lm-gym train`` run folder (:func:`agents.training.train_run`) with the
+   recipe of ``agents/configs/<agent>.yaml`` for that model (its ``models:`` section) plus
+   ``--set`` overrides,
+3. evaluates the trained agent the same way,
+
+and reports, before and after: the task reward, the perplexity of the outputs under the reference
+model (the starting model), the KL of the policy to it per episode, corpus distinct-1/2, the mean
+length and example texts. A gain in reward with perplexity and KL far above the start is reward
+hacking, not learning: the targets are a reward gain of at least ``--target-gain`` (0.15) with a
+perplexity of at most ``--max-ppl-ratio`` (1.2) times the start's.
+
+Evaluation: every prompt of the ``--eval-splits`` (default ``validation`` and ``test``: prompts
+never trained on), ``--eval-repeats`` samples each (different sampling seeds), ``predict`` with
+``deterministic=False``. Outputs in ``--out``: ``quality.json`` (summaries, settings, every
+episode), ``quality.md`` (the table, the examples), ``learning_curve.png`` (training episode
+reward and, when logged, the KL per episode, against env steps) and the run folder ``run/``.
+
+Usage::
+
+    python benchmarks/real_model_quality.py --threads 1 --out benchmarks/results/quality-smollm2
+    python benchmarks/real_model_quality.py --steps 16384 --set learning_rate=2e-5 --out /tmp/q
+    python benchmarks/real_model_quality.py --quick      # smoke run: tiny-llama, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: The columns of the table: (summary key, header).
+COLUMNS = (
+    ("mean_reward", "reward"),
+    ("std_reward", "std"),
+    ("perplexity", "perplexity"),
+    ("ppl_ratio", "ppl / start"),
+    ("kl", "KL / episode"),
+    ("distinct-1", "distinct-1"),
+    ("distinct-2", "distinct-2"),
+    ("mean_length", "length"),
+    ("eval_episodes", "episodes"),
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--env", default="LMText-v0")
+    parser.add_argument("--agent", default="ppo")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, help="env steps of training (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe option"
+    )
+    parser.add_argument("--new-tokens", type=int, default=20, help="the env's max_new_tokens")
+    parser.add_argument("--eval-splits", nargs="+", default=["validation", "test"])
+    parser.add_argument("--eval-repeats", type=int, default=2, help="samples per prompt")
+    parser.add_argument("--target-gain", type=float, default=0.15)
+    parser.add_argument("--max-ppl-ratio", type=float, default=1.2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default="benchmarks/results/quality")
+    parser.add_argument("--examples", type=int, default=4, help="example texts per phase")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny-llama, 64 steps, few episodes"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.steps, args.new_tokens = "tiny-llama", 64, 4
+        args.eval_splits, args.eval_repeats = ["test"], 1
+        args.set = ["n_steps=16", "batch_size=16", "n_epochs=1", *args.set]
+    return args
+
+
+def evaluate(agent: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Sampled evaluation on every prompt of the held-out splits, ``--eval-repeats`` times.
+
+    :return: ``{"summary": ..., "episodes": [...]}`` (episodes as dicts).
+    """
+    import torch
+
+    from agents.evaluation import EvalResult, evaluate_agent
+    from agents.training import make_run_env
+
+    episodes = []
+    act_time = wall_time = 0.0
+    for split in args.eval_splits:
+        env = make_run_env(config, split)
+        for repeat in range(args.eval_repeats):
+            torch.manual_seed(args.seed * 1000 + repeat)  # the policy's sampling
+            result = evaluate_agent(
+                agent,
+                env,
+                n_episodes=10**6,  # every prompt of the split
+                split=split,
+                deterministic=False,
+                reference=config.hyperparams.get("model", args.model),
+            )
+            episodes.extend(result.episodes)
+            act_time += result.act_time
+            wall_time += result.wall_time
+        env.close()
+    merged = EvalResult(config.env_id, "+".join(args.eval_splits), episodes, act_time, wall_time)
+    return merged.to_dict()
+
+
+def read_curve(run_dir: Path) -> dict[str, list[float]]:
+    """Training episode rewards (the Monitor file) and the logged KL per episode, if any."""
+    import csv
+
+    curve: dict[str, list[float]] = {"steps": [], "reward": [], "kl_steps": [], "kl": []}
+    monitor = run_dir / "train.monitor.csv"
+    if monitor.exists():
+        steps = 0
+        with monitor.open(encoding="utf-8") as f:
+            next(f)  # the Monitor's JSON header line
+            for row in csv.DictReader(f):
+                steps += int(row["l"])
+                curve["steps"].append(steps)
+                curve["reward"].append(float(row["r"]))
+    progress = run_dir / "tb" / "progress.csv"
+    if progress.exists():
+        with progress.open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                kl, step = row.get("rollout/kl", ""), row.get("time/total_timesteps", "")
+                if kl and step:
+                    curve["kl_steps"].append(float(step))
+                    curve["kl"].append(float(kl))
+    return curve
+
+
+def plot_curve(curve: dict[str, list[float]], before: float, title: str, path: Path) -> None:
+    """Training reward (rolling mean of 50 episodes) and KL per episode against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if curve["reward"]:
+        rewards = np.asarray(curve["reward"])
+        window = min(50, len(rewards))
+        smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
+        ax.plot(curve["steps"][window - 1 :], smooth, label=f"training reward ({window}-ep. mean)")
+    ax.axhline(before, color="grey", ls="--", label="start (held-out eval)")
+    ax.set_xlabel("env steps (tokens)")
+    ax.set_ylabel("episode reward")
+    if curve["kl"]:
+        ax2 = ax.twinx()
+        ax2.plot(curve["kl_steps"], curve["kl"], color="tab:red", alpha=0.6, label="KL / episode")
+        ax2.set_ylabel("KL to the start (nats / episode)")
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table and examples of a report."""
+    lines = [
+        f"## {report['agent']} on {report['env_id']} with {report['model']}",
+        "",
+        f"Settings: {json.dumps(report['settings'])}",
+        "",
+        "| phase | " + " | ".join(h for _, h in COLUMNS) + " |",
+        "| --- |" + " --- |" * len(COLUMNS),
+    ]
+    for phase in ("before", "after"):
+        summary = report[phase]["summary"]
+        lines.append(f"| {phase} | " + " | ".join(_fmt(summary.get(k)) for k, _ in COLUMNS) + " |")
+    lines += ["", f"Verdict: {report['verdict']}", ""]
+    for phase in ("before", "after"):
+        lines.append(f"Examples {phase}:")
+        for ep in report[phase]["episodes"][: report["settings"]["examples"]]:
+            lines.append(f"- [{ep['reward']:.3f}] {ep['prompt']!r} -> {ep['text']!r}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the protocol; print and write the report.
+
+    :return: the report (``before``, ``after``, ``verdict``, settings, timings).
+    """
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from agents.hyperparams import parse_overrides, resolve_run_config
+    from agents.training import build_agent, make_run_env, train_run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = parse_overrides(args.set)
+    env_kwargs = {"max_new_tokens": args.new_tokens, **dict(overrides.pop("env_kwargs", {}))}
+    overrides["env_kwargs"] = env_kwargs
+    config = resolve_run_config(
+        args.env,
+        args.agent,
+        overrides=overrides,
+        seed=args.seed,
+        n_timesteps=args.steps,
+        model=args.model,
+    )
+    print(f"recipe: {json.dumps(config.hyperparams)}; env {config.env_kwargs}", flush=True)
+    t0 = time.perf_counter()
+    start_agent = build_agent(config, make_run_env(config))
+    before = evaluate(start_agent, config, args)
+    del start_agent
+    eval_time = time.perf_counter() - t0
+    print(f"before: {json.dumps(before['summary'])}", flush=True)
+
+    run_dir = out / "run"
+    outcome = train_run(config, run_dir, progress=not args.no_progress, overwrite=True)
+    from agents.training import load_run
+
+    _, trained, _ = load_run(run_dir)
+    after = evaluate(trained, config, args)
+    print(f"after: {json.dumps(after['summary'])}", flush=True)
+
+    start_ppl = before["summary"]["perplexity"]
+    for phase in (before, after):
+        phase["summary"]["ppl_ratio"] = phase["summary"]["perplexity"] / start_ppl
+    gain = after["summary"]["mean_reward"] - before["summary"]["mean_reward"]
+    ratio = after["summary"]["ppl_ratio"]
+    met = gain >= args.target_gain and ratio <= args.max_ppl_ratio
+    verdict = (
+        f"reward {gain:+.3f} (target >= {args.target_gain:+.2f}), perplexity {ratio:.2f}x the "
+        f"start's (target <= {args.max_ppl_ratio:.2f}x): {'MET' if met else 'NOT MET'}"
+    )
+    report = {
+        "env_id": config.env_id,
+        "agent": config.agent,
+        "model": args.model,
+        "settings": {
+            "recipe": config.hyperparams,
+            "env_kwargs": config.env_kwargs,
+            "n_timesteps": outcome.num_timesteps,
+            "seed": args.seed,
+            "eval_splits": args.eval_splits,
+            "eval_repeats": args.eval_repeats,
+            "threads": args.threads,
+            "examples": args.examples,
+        },
+        "train_time_s": outcome.train_time,
+        "eval_time_s": eval_time,
+        "train_tokens_per_s": outcome.num_timesteps / max(outcome.train_time, 1e-9),
+        "gain": gain,
+        "ppl_ratio": ratio,
+        "target_met": met,
+        "verdict": verdict,
+        "before": before,
+        "after": after,
+    }
+    (out / "quality.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    text = markdown(report)
+    (out / "quality.md").write_text(text, encoding="utf-8")
+    plot_curve(
+        read_curve(run_dir),
+        before["summary"]["mean_reward"],
+        f"{config.agent} on {config.env_id}, {args.model}",
+        out / "learning_curve.png",
+    )
+    print(text)
+    print(
+        f"train {outcome.train_time:.0f} s ({report['train_tokens_per_s']:.1f} tok/s); written to "
+        f"{out}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()
