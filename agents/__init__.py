@@ -1,4 +1,5 @@
-"""lm-gym's agent zoo: GPT-2 policies for stable-baselines3, algorithms, baselines.
+"""lm-gym's agent zoo: causal-LM policies (GPT-2, Llama, ...) for stable-baselines3, algorithms,
+baselines.
 
 Names are imported lazily, so ``import agents`` stays cheap (no torch or SB3 import).
 """
@@ -9,6 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "CausalLMActorCritic": "agents.network",
+    "LMActorCriticPolicy": "agents.policies",
+    "MaskableLMActorCriticPolicy": "agents.policies",
+    "LMDQNPolicy": "agents.policies",
+    # former names (aliases of the above)
     "GPT2ActorCritic": "agents.network",
     "GPT2ActorCriticPolicy": "agents.policies",
     "MaskableGPT2ActorCriticPolicy": "agents.policies",

@@ -1,4 +1,4 @@
-"""Export a trained GPT-2 policy as a Hugging Face model folder (the value head is dropped).
+"""Export a trained causal-LM policy as a Hugging Face model folder (the value head is dropped).
 
 The folder loads with ``AutoModelForCausalLM.from_pretrained(folder)`` and generates with
 ``generate()``; with a tokenizer, ``AutoTokenizer.from_pretrained(folder)`` works too.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.policies import gpt2_network
+from agents.policies import lm_network
 
 __all__ = ["export_pretrained"]
 
@@ -24,16 +24,16 @@ def export_pretrained(
     """Write the policy's causal LM (trunk and LM head, no value head) as a HF folder.
 
     :param model_or_policy: an SB3 algorithm (``model.policy`` is used), a policy of
-        :mod:`agents.policies` (DQN: the online Q-network), or a :class:`GPT2ActorCritic`.
+        :mod:`agents.policies` (DQN: the online Q-network), or a :class:`CausalLMActorCritic`.
     :param folder: output folder (created).
     :param tokenizer: ``None`` (no tokenizer files), a tokenizer name for
         :func:`lm_gym.models.load_tokenizer` (e.g. ``"gpt2"``), or a tokenizer object.
     :param safe_serialization: write ``model.safetensors`` (else ``pytorch_model.bin``).
     :return: the folder.
-    :raises TypeError: no GPT-2 network inside ``model_or_policy``.
+    :raises TypeError: no causal-LM network inside ``model_or_policy``.
     """
     policy = getattr(model_or_policy, "policy", model_or_policy)
-    net = gpt2_network(policy)
+    net = lm_network(policy)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lm = net.lm

@@ -4,7 +4,7 @@ DQN): a ``VecEnvWrapper`` that shapes the reward, and a callback that logs and a
 At each step the wrapper subtracts ``coef * (log pi(a|s) - log pi_ref(a|s))`` from the reward of
 the action ``a`` taken in observation ``s`` (the per-token KL estimate of Ziegler et al., RL4LMs and
 TRL). ``log pi`` comes from the policy's own rollout forward when it was made on the same
-observation (:meth:`agents.policies.GPT2PolicyMixin.last_logits`), so no second policy forward is
+observation (:meth:`agents.policies.LMPolicyMixin.last_logits`), so no second policy forward is
 run; otherwise (DQN's random exploration steps, for example) the wrapper runs the policy's network
 itself, with a KV cache of its own. ``pi`` is the LM head's softmax: unmasked for MaskablePPO, the
 softmax of the Q-values for DQN. The reference is one frozen model shared by all envs (by default a
@@ -28,7 +28,7 @@ resumed run continues with it.
 Usage::
 
     env = KLPenaltyVecEnv(make_vec_env(...), coef=0.05, target_kl=2.0)
-    model = PPO(GPT2ActorCriticPolicy, env, policy_kwargs={"model": "gpt2"}, learning_rate=1e-5)
+    model = PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "gpt2"}, learning_rate=1e-5)
     model.learn(100_000, callback=KLPenaltyCallback())
 
 The callback attaches the policy to the wrapper and logs ``rollout/kl`` (per episode),
@@ -49,8 +49,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.network import GPT2ActorCritic, RolloutKVCache
-from agents.policies import gpt2_network
+from agents.network import CausalLMActorCritic, RolloutKVCache
+from agents.policies import lm_network
 
 __all__ = [
     "AdaptiveKLController",
@@ -153,8 +153,8 @@ class KLPenaltyVecEnv(VecEnvWrapper):
         :class:`AdaptiveKLController`: fit it to the run's length).
     :param min_coef: the adaptive coefficient's floor (default 0).
     :param reference: the frozen reference: ``None`` (a copy of the attached policy's initial LM,
-        made once), a model name/folder/``PreTrainedModel``, or a :class:`GPT2ActorCritic`. Never
-        copied per env.
+        made once), a model name/folder/``PreTrainedModel`` (any causal LM with the policy's
+        vocabulary), or a :class:`CausalLMActorCritic`. Never copied per env.
     :param stats_window: finished episodes kept in :attr:`episode_kl`, :attr:`episode_task_reward`
         and :attr:`episode_tokens` (a recent window for plots; the controller and
         :meth:`pop_episode_stats` use every episode finished since the last pop).
@@ -172,12 +172,12 @@ class KLPenaltyVecEnv(VecEnvWrapper):
     ) -> None:
         super().__init__(venv)
         self.controller = AdaptiveKLController(coef, target_kl, horizon, min_coef)
-        self.reference: GPT2ActorCritic | None = None
+        self.reference: CausalLMActorCritic | None = None
         if reference is not None:
             self.reference = (
                 reference
-                if isinstance(reference, GPT2ActorCritic)
-                else GPT2ActorCritic(reference, value_head=False)
+                if isinstance(reference, CausalLMActorCritic)
+                else CausalLMActorCritic(reference, value_head=False)
             )
             for p in self.reference.parameters():
                 p.requires_grad_(False)
@@ -207,9 +207,9 @@ class KLPenaltyVecEnv(VecEnvWrapper):
     def attach(self, policy: torch.nn.Module) -> None:
         """Use ``policy`` for ``log pi``; make the reference (a frozen copy of its LM) if none yet.
 
-        :param policy: a policy of :mod:`agents.policies` (or a :class:`GPT2ActorCritic`).
+        :param policy: a policy of :mod:`agents.policies` (or a :class:`CausalLMActorCritic`).
         """
-        net = gpt2_network(policy)
+        net = lm_network(policy)
         self.policy = policy
         device = next(net.parameters()).device
         if self.reference is None:
@@ -246,7 +246,7 @@ class KLPenaltyVecEnv(VecEnvWrapper):
                 "KLPenaltyVecEnv has no policy: pass callback=KLPenaltyCallback() to learn(), or "
                 "call env.attach(model.policy) first."
             )
-        net = gpt2_network(self.policy)
+        net = lm_network(self.policy)
         device = next(net.parameters()).device
         ids = torch.as_tensor(obs["input_ids"], device=device).long()
         mask = torch.as_tensor(obs["attention_mask"], device=device).long()

@@ -1,13 +1,15 @@
-"""The one GPT-2 actor-critic network of lm-gym, and its KV cache for token-by-token rollouts.
+"""The one causal-LM actor-critic network of lm-gym, and its KV cache for token-by-token rollouts.
 
-:class:`GPT2ActorCritic` holds a causal LM: its trunk (the transformer) and its LM head (the actor:
-logits over the vocabulary at the last position) plus a small value head on the trunk's last hidden
-state (the critic). Every front end (the SB3 policies in :mod:`agents.policies`, the KL reference in
-:mod:`agents.kl`, the NLPO mask model) is a thin adapter over this class.
+:class:`CausalLMActorCritic` holds any ``transformers`` causal LM (GPT-2, Llama, ...): its trunk
+(``model.base_model``) and its LM head (``model.get_output_embeddings()``, the actor: logits over
+the vocabulary at the last position) plus a small value head on the trunk's last hidden state (the
+critic). Every front end (the SB3 policies in :mod:`agents.policies`, the KL reference in
+:mod:`agents.kl`, the NLPO mask model, the RLlib module) is a thin adapter over this class.
+``GPT2ActorCritic`` is the same class under its former name.
 
 Observations are lm-gym windows: token ids right-aligned with padding on the LEFT, so the last
-position is always the newest real token. GPT-2 needs explicit ``position_ids`` for left padding:
-``cumsum(attention_mask) - 1`` clamped at 0.
+position is always the newest real token. Left padding needs explicit ``position_ids`` (learned
+positions as in GPT-2, rotary ones as in Llama): ``cumsum(attention_mask) - 1`` clamped at 0.
 
 :class:`RolloutKVCache` keeps one batched ``past_key_values`` (one row per env) across calls. When a
 row's new window is its previous window shifted left by one token (the next step of the same
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +35,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = [
+    "CausalLMActorCritic",
     "GPT2ActorCritic",
     "RolloutKVCache",
     "check_lm_spaces",
+    "check_model_fits",
     "disable_dropout",
     "left_padded_rows",
     "pack_real_tokens",
@@ -63,7 +68,7 @@ def strict_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def check_lm_spaces(
-    observation_space: spaces.Space, action_space: spaces.Space, owner: str = "GPT-2 policies"
+    observation_space: spaces.Space, action_space: spaces.Space, owner: str = "lm-gym policies"
 ) -> int:
     """Check that the spaces are an lm-gym env's: ``Dict(input_ids, attention_mask)`` and ``Discrete``.
 
@@ -93,6 +98,56 @@ def check_lm_spaces(
     if not isinstance(action_space, spaces.Discrete):
         raise ValueError(f"{owner}: expected a Discrete(vocab) action space; got {action_space}.")
     return int(ids.shape[0])
+
+
+def _tokenizer_hint(model: Any, vocab: int) -> str | None:
+    """The env ``tokenizer=`` name that matches ``model`` (a name, folder or model object with a
+    ``name_or_path``), or ``None`` when it cannot be told.
+
+    :param model: what the network was built from.
+    :param vocab: the model's vocabulary (a ``"gpt2"`` answer is kept only for GPT-2's).
+    """
+    from lm_gym.models import GPT2_VOCAB_SIZE, tokenizer_name_for_model
+
+    name = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+    if not name:
+        return None
+    hint = tokenizer_name_for_model(str(name))
+    return None if hint == "gpt2" and vocab != GPT2_VOCAB_SIZE else hint
+
+
+def check_model_fits(
+    net: CausalLMActorCritic,
+    action_space: spaces.Discrete,
+    window: int,
+    model: Any = None,
+) -> None:
+    """Check that ``net`` can act on an env: same vocabulary as the action space, and a context at
+    least as long as the observation window.
+
+    :param net: the network.
+    :param action_space: the env's ``Discrete(V)`` action space.
+    :param window: the env's observation window (``max_prompt_tokens + max_new_tokens``).
+    :param model: what the network was built from (a name, folder or model object), for the
+        error message: it names the env ``tokenizer=`` that matches the model.
+    :raises ValueError: with what to pass instead.
+    """
+    n = int(action_space.n)
+    if net.vocab_size != n:
+        hint = _tokenizer_hint(model, net.vocab_size) or _tokenizer_hint(net.lm, net.vocab_size)
+        tokenizer = repr(hint) if hint is not None else "<the model's name or folder>"
+        raise ValueError(
+            f"The model's vocabulary ({net.vocab_size} tokens) does not match the env's action "
+            f"space Discrete({n}): build the env with the model's tokenizer, "
+            f"gym.make(<env id>, tokenizer={tokenizer}), or use a model whose vocabulary has {n} "
+            "tokens."
+        )
+    max_pos = getattr(net.lm.config.get_text_config(), "max_position_embeddings", None)
+    if max_pos is not None and window > max_pos:
+        raise ValueError(
+            f"The observation window ({window} tokens) is longer than the model's context "
+            f"({max_pos}): lower max_prompt_tokens + max_new_tokens."
+        )
 
 
 def left_padded_rows(attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +206,15 @@ def disable_dropout(module: nn.Module) -> None:
             m.p = 0.0
 
 
-class GPT2ActorCritic(nn.Module):
+class CausalLMActorCritic(nn.Module):
     """A causal LM as actor (its LM head) and critic (a value head on the same trunk).
 
     One trunk is shared by actor and critic. Logits are computed for the last position only, so a
     step costs one ``hidden x vocabulary`` product per row, however long the window.
 
     :param model: a name or folder for :func:`lm_gym.models.load_causal_lm` (``"gpt2"``: offline,
-        the built-in tiny GPT-2 with a warning), or a ``PreTrainedModel`` object (used as is, not
-        copied).
+        the built-in tiny GPT-2 with a warning; ``"tiny-llama"``, ``"smollm2-135m"``, any hub causal
+        LM), or a ``PreTrainedModel`` object (used as is, not copied).
     :param value_head: whether to build the value head (the DQN Q-network and the KL reference
         have none).
     :param value_hidden: width of the value head's hidden layer; 0 for a single linear layer.
@@ -201,6 +256,10 @@ class GPT2ActorCritic(nn.Module):
             model.set_attn_implementation(attn_implementation)
         self.lm = model
         self.bf16 = bool(bf16)
+        #: the trunk's keyword for a KV cache: ``cache`` (transformers >= 5, where
+        #: ``past_key_values`` is deprecated) or ``past_key_values`` (older releases)
+        params = inspect.signature(type(model.base_model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         hidden = int(model.config.get_text_config().hidden_size)
         self.hidden_size = hidden
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -264,15 +323,19 @@ class GPT2ActorCritic(nn.Module):
         """
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1] :]
+        extra = {} if past_key_values is None else {self._cache_kwarg: past_key_values}
         with self._autocast(input_ids.device):
             out = self.trunk(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **extra,
             )
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        if not use_cache:
+            return out.last_hidden_state, None
+        cache = getattr(out, "cache", None)  # transformers >= 5 (older: ``past_key_values``)
+        return out.last_hidden_state, (out.past_key_values if cache is None else cache)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (float32) from hidden states of any leading shape."""
@@ -326,12 +389,12 @@ class GPT2ActorCritic(nn.Module):
         values = self.value_from_hidden(h) if self.value_head is not None else None
         return self.logits_from_hidden(h), values
 
-    def frozen_lm_copy(self) -> GPT2ActorCritic:
+    def frozen_lm_copy(self) -> CausalLMActorCritic:
         """A frozen copy of the LM (trunk and head, no value head): a KL reference or mask model."""
         lm = copy.deepcopy(self.lm)
         for p in lm.parameters():
             p.requires_grad_(False)
-        net = GPT2ActorCritic(lm.eval(), value_head=False, bf16=self.bf16, dropout=True)
+        net = CausalLMActorCritic(lm.eval(), value_head=False, bf16=self.bf16, dropout=True)
         return net.eval()
 
 
@@ -353,7 +416,7 @@ class RolloutKVCache:
     from scratch, from the first column where one of those rows has a real token. After each call
     the cache is cut to the first column where any row has a real token. The whole cache is dropped
     when the batch shape changes or the network's parameters change (see
-    :meth:`GPT2ActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
+    :meth:`CausalLMActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
     """
 
     def __init__(self) -> None:
@@ -415,7 +478,7 @@ class RolloutKVCache:
         return min(int(leading.min()), mask.shape[1] - 1)
 
     def last_hidden(
-        self, net: GPT2ActorCritic, ids: torch.Tensor, mask: torch.Tensor
+        self, net: CausalLMActorCritic, ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """The last-position hidden states of ``ids``, computed with the cache where possible.
 
@@ -529,3 +592,7 @@ class RolloutKVCache:
     def nbytes(self) -> int:
         """Bytes held by the cached keys and values."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self)
+
+
+#: The former name of :class:`CausalLMActorCritic` (kept for existing imports and pickles).
+GPT2ActorCritic = CausalLMActorCritic

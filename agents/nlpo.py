@@ -31,7 +31,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.network import CausalLMActorCritic, RolloutKVCache
 
 __all__ = [
     "NLPOActionMaskWrapper",
@@ -64,7 +64,7 @@ class TopPMasker(nn.Module):
     :param top_p: nucleus threshold in (0, 1].
     """
 
-    def __init__(self, net: GPT2ActorCritic, top_p: float = 0.9) -> None:
+    def __init__(self, net: CausalLMActorCritic, top_p: float = 0.9) -> None:
         super().__init__()
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
@@ -76,8 +76,8 @@ class TopPMasker(nn.Module):
 
     @classmethod
     def from_model(cls, model: Any = "gpt2", top_p: float = 0.9) -> TopPMasker:
-        """A masker over a model name/folder/object (see :class:`GPT2ActorCritic`)."""
-        return cls(GPT2ActorCritic(model, value_head=False), top_p)
+        """A masker over a model name/folder/object (see :class:`CausalLMActorCritic`)."""
+        return cls(CausalLMActorCritic(model, value_head=False), top_p)
 
     @torch.no_grad()
     def forward(
@@ -100,7 +100,7 @@ class TopPMasker(nn.Module):
         return top_p_mask(logits, self.top_p)
 
     @torch.no_grad()
-    def refresh_from(self, net: GPT2ActorCritic) -> None:
+    def refresh_from(self, net: CausalLMActorCritic) -> None:
         """Copy ``net``'s LM weights into the lagged model (the KV caches notice the change)."""
         self.net.lm.load_state_dict(net.lm.state_dict())
         self.kv_cache.reset()
@@ -132,7 +132,7 @@ class NLPOMaskUpdateCallback(BaseCallback):
         if self.rollouts > 0 and self.rollouts % self.update_every == 0:
             refresh = getattr(self.model.policy, "refresh_mask_model", None)
             if refresh is None:
-                raise TypeError("NLPOMaskUpdateCallback needs a MaskableGPT2ActorCriticPolicy.")
+                raise TypeError("NLPOMaskUpdateCallback needs a MaskableLMActorCriticPolicy.")
             refresh()
             self.refreshes += 1
             self.logger.record("train/nlpo_mask_refreshes", self.refreshes)

@@ -1,32 +1,39 @@
-"""Stable-baselines3 policies backed by a GPT-2 (any causal LM): thin adapters over one network.
+"""Stable-baselines3 policies backed by any causal LM (GPT-2 by default, Llama, ...): thin adapters
+over one network.
 
-* :class:`GPT2ActorCriticPolicy` for ``PPO``, ``A2C`` (and sb3-contrib ``TRPO``): the actor is the
+* :class:`LMActorCriticPolicy` for ``PPO``, ``A2C`` (and sb3-contrib ``TRPO``): the actor is the
   LM head (a categorical distribution over the vocabulary), the critic a value head on the same
   trunk's last hidden state.
-* :class:`MaskableGPT2ActorCriticPolicy` for sb3-contrib ``MaskablePPO``, with NLPO masking (the
+* :class:`MaskableLMActorCriticPolicy` for sb3-contrib ``MaskablePPO``, with NLPO masking (the
   top-p tokens of a lagged copy of the policy, see :mod:`agents.nlpo`).
-* :class:`GPT2DQNPolicy` for ``DQN``: Q(x, v) over the vocabulary is the LM head's output.
+* :class:`LMDQNPolicy` for ``DQN``: Q(x, v) over the vocabulary is the LM head's output.
 
-All share :class:`agents.network.GPT2ActorCritic` (one trunk; logits for the last position only)
-and its :class:`~agents.network.RolloutKVCache`: in no-grad calls in eval mode (SB3's rollouts and
-``predict``) each env's keys and values are kept across steps and only the new token is computed.
+All share :class:`agents.network.CausalLMActorCritic` (one trunk; logits for the last position
+only) and its :class:`~agents.network.RolloutKVCache`: in no-grad calls in eval mode (SB3's
+rollouts and ``predict``) each env's keys and values are kept across steps and only the new token
+is computed.
 Training-time calls (``evaluate_actions``, TRPO's and DQN's losses: SB3 puts the policy in
 training mode for them) run the full window.
 
 ``policy_kwargs``:
 
 * ``model``: causal LM name or folder (default ``"gpt2"``; offline, the built-in tiny GPT-2 with a
-  warning), or a ``PreTrainedModel``.
+  warning; ``"tiny-llama"``, ``"smollm2-135m"``, any hub causal LM), or a ``PreTrainedModel``. The
+  env's vocabulary must be the model's: build the env with
+  ``tokenizer=lm_gym.models.tokenizer_name_for_model(model)``.
 * ``value_hidden`` (0: linear value head), ``bf16`` (autocast on CUDA), ``kv_cache`` (True),
   ``dropout`` (False: dropout off, so PPO's ratio starts at 1), ``device`` (a strict device
   request: ``"cuda"`` raises when CUDA is missing, see :func:`strict_device`),
   ``attn_implementation`` (``"eager"`` for sb3-contrib's TRPO, which takes second derivatives).
-* ``ortho_init`` is forced to ``False``: SB3's orthogonal init would wipe GPT-2's tied LM head and
-  token embedding.
+* ``ortho_init`` is forced to ``False``: SB3's orthogonal init would wipe the pretrained LM head
+  (tied to the token embedding in GPT-2 and SmolLM2).
 
 Learning rate: SB3's default 3e-4 is far too high for a pretrained LM; use 1e-6 to 1e-5 for a real
-GPT-2 (RL4LMs and TRL use about 1e-6 to 1.4e-5). A randomly initialised tiny GPT-2 (tests, CPU
-examples) learns with 1e-3 to 3e-3.
+GPT-2 or SmolLM2 (RL4LMs and TRL use about 1e-6 to 1.4e-5). A randomly initialised tiny model
+(tests, CPU examples) learns with 1e-3 to 3e-3.
+
+The former names (``GPT2ActorCriticPolicy``, ``MaskableGPT2ActorCriticPolicy``, ``GPT2DQNPolicy``,
+``GPT2QNetwork``, ``GPT2PolicyMixin``, ``gpt2_network``) are aliases of these classes.
 """
 
 from __future__ import annotations
@@ -44,7 +51,13 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.network import GPT2ActorCritic, RolloutKVCache, check_lm_spaces, strict_device
+from agents.network import (
+    CausalLMActorCritic,
+    RolloutKVCache,
+    check_lm_spaces,
+    check_model_fits,
+    strict_device,
+)
 from agents.nlpo import TopPMasker
 
 if TYPE_CHECKING:
@@ -57,38 +70,30 @@ __all__ = [
     "GPT2DQNPolicy",
     "GPT2PolicyMixin",
     "GPT2QNetwork",
+    "LMActorCriticPolicy",
+    "LMDQNPolicy",
+    "LMPolicyMixin",
+    "LMQNetwork",
     "MaskableGPT2ActorCriticPolicy",
+    "MaskableLMActorCriticPolicy",
     "check_lm_spaces",
     "gpt2_network",
+    "lm_network",
     "strict_device",
 ]
 
-#: Learning rate for fine-tuning a pretrained GPT-2 with these policies (SB3's 3e-4 is too high).
+#: Learning rate for fine-tuning a pretrained LM (GPT-2, SmolLM2) with these policies (SB3's 3e-4
+#: is too high).
 RECOMMENDED_LR_PRETRAINED = 1e-5
-#: Learning rate for the randomly initialised built-in tiny GPT-2 (tests, CPU examples).
+#: Learning rate for the randomly initialised built-in tiny models (tests, CPU examples).
 RECOMMENDED_LR_TINY = 1e-3
-
-
-def _check_model_fits(net: GPT2ActorCritic, action_space: spaces.Discrete, window: int) -> None:
-    n = int(action_space.n)
-    if net.vocab_size != n:
-        raise ValueError(
-            f"The model's vocabulary ({net.vocab_size} tokens) does not match the env's action "
-            f"space Discrete({n}): use the env's tokenizer's model (lm_gym envs take tokenizer=...)."
-        )
-    max_pos = getattr(net.lm.config.get_text_config(), "max_position_embeddings", None)
-    if max_pos is not None and window > max_pos:
-        raise ValueError(
-            f"The observation window ({window} tokens) is longer than the model's context "
-            f"({max_pos}): lower max_prompt_tokens + max_new_tokens."
-        )
 
 
 def _split_obs(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids and mask as long tensors (SB3 hands Box observations over as float32: exact < 2^24)."""
     if not isinstance(obs, dict):
         raise TypeError(
-            "GPT-2 policies take dict observations {'input_ids', 'attention_mask'}, "
+            "lm-gym policies take dict observations {'input_ids', 'attention_mask'}, "
             f"got {type(obs).__name__}."
         )
     return obs["input_ids"].long(), obs["attention_mask"].long()
@@ -107,20 +112,21 @@ def _strict_to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
     return nn.Module.to(module, *args, **kwargs)
 
 
-def gpt2_network(policy: nn.Module) -> GPT2ActorCritic:
-    """The :class:`GPT2ActorCritic` inside any policy of this module (DQN: the online Q-network).
+def lm_network(policy: nn.Module) -> CausalLMActorCritic:
+    """The :class:`CausalLMActorCritic` inside any policy of this module (DQN: the online
+    Q-network).
 
     :param policy: a policy of this module, or a network itself.
-    :raises TypeError: no GPT-2 network inside.
+    :raises TypeError: no causal-LM network inside.
     """
-    if isinstance(policy, GPT2ActorCritic):
+    if isinstance(policy, CausalLMActorCritic):
         return policy
-    if isinstance(policy, GPT2DQNPolicy):
+    if isinstance(policy, LMDQNPolicy):
         return policy.q_net.net
     net = getattr(policy, "net", None)
-    if isinstance(net, GPT2ActorCritic):
+    if isinstance(net, CausalLMActorCritic):
         return net
-    raise TypeError(f"{type(policy).__name__} holds no GPT2ActorCritic network.")
+    raise TypeError(f"{type(policy).__name__} holds no CausalLMActorCritic network.")
 
 
 class _LastLogits:
@@ -145,26 +151,26 @@ class _LastLogits:
         return self.logits
 
 
-class _GPT2PolicyBase:
-    """What every GPT-2 policy of this module checks and builds the same way: lm-gym spaces, a
+class _LMPolicyBase:
+    """What every LM policy of this module checks and builds the same way: lm-gym spaces, a
     strict device request, the network (checked against the action space and the window), and a
     ``to`` that refuses to leave the requested device.
 
-    Subclasses call :meth:`_check_gpt2` and fill ``_gpt2_kwargs`` before their SB3 base
-    ``__init__``, and build with :meth:`_new_gpt2_net` in ``_build``.
+    Subclasses call :meth:`_check_lm` and fill ``_lm_kwargs`` before their SB3 base
+    ``__init__``, and build with :meth:`_new_lm_net` in ``_build``.
     """
 
-    _gpt2_kwargs: dict[str, Any]
+    _lm_kwargs: dict[str, Any]
 
-    def _check_gpt2(
+    def _check_lm(
         self, observation_space: spaces.Space, action_space: spaces.Space, device: str | None
     ) -> None:
         self._window = check_lm_spaces(observation_space, action_space)
         self._required_device = strict_device(device) if device is not None else None
 
-    def _new_gpt2_net(self, value_head: bool) -> GPT2ActorCritic:
-        kw = self._gpt2_kwargs
-        net = GPT2ActorCritic(
+    def _new_lm_net(self, value_head: bool) -> CausalLMActorCritic:
+        kw = self._lm_kwargs
+        net = CausalLMActorCritic(
             kw["model"],
             value_head=value_head,
             value_hidden=kw.get("value_hidden", 0),
@@ -172,7 +178,8 @@ class _GPT2PolicyBase:
             dropout=kw["dropout"],
             attn_implementation=kw.get("attn_implementation"),
         )
-        _check_model_fits(net, self.action_space, self._window)  # type: ignore[attr-defined]
+        action_space = self.action_space  # type: ignore[attr-defined]
+        check_model_fits(net, action_space, self._window, kw["model"])
         return net
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
@@ -184,16 +191,16 @@ class _GPT2PolicyBase:
         return _strict_to(self, *args, **kwargs)  # type: ignore[arg-type]
 
 
-class GPT2PolicyMixin(_GPT2PolicyBase):
-    """The GPT-2 parts shared by the actor-critic policies (SB3's and sb3-contrib's base classes
+class LMPolicyMixin(_LMPolicyBase):
+    """The LM parts shared by the actor-critic policies (SB3's and sb3-contrib's base classes
     differ, so they are shared through this mixin rather than a common base class).
 
-    It owns the constructor (its options are documented in :class:`GPT2ActorCriticPolicy`), the
+    It owns the constructor (its options are documented in :class:`LMActorCriticPolicy`), the
     build, the saved constructor parameters and SB3's forward methods. The action distribution is
-    made by :meth:`_dist`, which :class:`MaskableGPT2ActorCriticPolicy` overrides to mask it.
+    made by :meth:`_dist`, which :class:`MaskableLMActorCriticPolicy` overrides to mask it.
     """
 
-    net: GPT2ActorCritic
+    net: CausalLMActorCritic
     optimizer: torch.optim.Optimizer
 
     def __init__(
@@ -215,18 +222,18 @@ class GPT2PolicyMixin(_GPT2PolicyBase):
     ) -> None:
         if kwargs.get("use_sde"):
             raise ValueError("use_sde does not apply to a categorical (token) policy.")
-        self._check_gpt2(observation_space, action_space, device)
+        self._check_lm(observation_space, action_space, device)
         if ortho_init:
             warnings.warn(
-                "ortho_init=True is ignored by GPT-2 policies: SB3's orthogonal init would wipe the "
-                "pretrained LM head and (tied) token embedding.",
+                "ortho_init=True is ignored by lm-gym policies: SB3's orthogonal init would wipe "
+                "the pretrained LM head and (tied) token embedding.",
                 stacklevel=2,
             )
         if bf16 and not torch.cuda.is_available():
             warnings.warn(
                 "bf16=True applies on CUDA only; running in float32 on CPU.", stacklevel=2
             )
-        self._gpt2_kwargs = {
+        self._lm_kwargs = {
             "model": model,
             "value_hidden": value_hidden,
             "bf16": bf16,
@@ -248,7 +255,7 @@ class GPT2PolicyMixin(_GPT2PolicyBase):
         )
 
     def _build(self, lr_schedule: Schedule) -> None:
-        self.net = self._new_gpt2_net(value_head=True)
+        self.net = self._new_lm_net(value_head=True)
         self._build_extra()  # before the optimizer: frozen parts stay out of it
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
         self.optimizer = self.optimizer_class(  # type: ignore[attr-defined]
@@ -266,7 +273,7 @@ class GPT2PolicyMixin(_GPT2PolicyBase):
             data.pop(key, None)
         for key in ("use_expln", "squash_output", "share_features_extractor"):
             data.pop(key, None)
-        data.update(self._gpt2_kwargs)
+        data.update(self._lm_kwargs)
         data["ortho_init"] = False
         return data
 
@@ -394,15 +401,16 @@ class GPT2PolicyMixin(_GPT2PolicyBase):
             self.reset_kv_cache()
 
 
-class GPT2ActorCriticPolicy(GPT2PolicyMixin, ActorCriticPolicy):
-    """Actor-critic policy for ``PPO`` / ``A2C`` (and sb3-contrib ``TRPO``) with a GPT-2 head.
+class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
+    """Actor-critic policy for ``PPO`` / ``A2C`` (and sb3-contrib ``TRPO``) with a causal-LM head.
 
-    The constructor, build and forward methods are :class:`GPT2PolicyMixin`'s.
+    The constructor, build and forward methods are :class:`LMPolicyMixin`'s.
 
     :param observation_space: an lm-gym ``Dict(input_ids, attention_mask)`` space.
     :param action_space: ``Discrete(V)``, V the model's vocabulary.
     :param lr_schedule: SB3's learning-rate schedule.
-    :param model: causal LM name, folder or object (default ``"gpt2"``; offline: tiny GPT-2).
+    :param model: causal LM name, folder or object (default ``"gpt2"``; offline: tiny GPT-2;
+        ``"tiny-llama"``, ``"smollm2-135m"``, any hub causal LM).
     :param value_hidden: hidden width of the value head; 0 for a linear head.
     :param bf16: bfloat16 autocast of the trunk on CUDA.
     :param kv_cache: keep per-env KV caches across rollout steps.
@@ -419,8 +427,8 @@ class GPT2ActorCriticPolicy(GPT2PolicyMixin, ActorCriticPolicy):
     """
 
 
-class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
-    """GPT-2 actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
+class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):
+    """Causal-LM actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
 
     When no ``action_masks`` are passed (``MaskablePPO.learn(use_masking=False)``, or the
     update with :class:`agents.nlpo.NLPORolloutBuffer`, which stores none), the valid
@@ -431,7 +439,7 @@ class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
     explicitly (by an env with ``action_masks()``) are used instead.
 
     :param nlpo_top_p: top-p of the NLPO mask; ``None`` switches internal masking off.
-    :param kwargs: as :class:`GPT2ActorCriticPolicy`.
+    :param kwargs: as :class:`LMActorCriticPolicy`.
     """
 
     def __init__(self, *args: Any, nlpo_top_p: float | None = 0.9, **kwargs: Any) -> None:
@@ -469,14 +477,14 @@ class MaskableGPT2ActorCriticPolicy(GPT2PolicyMixin, MaskableActorCriticPolicy):
         return masks
 
     def set_training_mode(self, mode: bool) -> None:
-        """As :meth:`GPT2PolicyMixin.set_training_mode`; the mask model stays in eval mode."""
+        """As :meth:`LMPolicyMixin.set_training_mode`; the mask model stays in eval mode."""
         super().set_training_mode(mode)
         if self.masker is not None:
             self.masker.eval()
 
 
-class GPT2QNetwork(BasePolicy):
-    """Q(x, v) for every token v: the GPT-2 LM head's logits at the last position.
+class LMQNetwork(BasePolicy):
+    """Q(x, v) for every token v: the LM head's logits at the last position.
 
     :param observation_space: an lm-gym observation space.
     :param action_space: ``Discrete(V)``.
@@ -488,7 +496,7 @@ class GPT2QNetwork(BasePolicy):
         self,
         observation_space: spaces.Space,
         action_space: spaces.Discrete,
-        net: GPT2ActorCritic,
+        net: CausalLMActorCritic,
         kv_cache: bool = True,
     ) -> None:
         super().__init__(observation_space, action_space)
@@ -509,7 +517,7 @@ class GPT2QNetwork(BasePolicy):
         return q.argmax(dim=1).reshape(-1)
 
     def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """See :meth:`GPT2PolicyMixin.last_logits` (Q-values read as logits)."""
+        """See :meth:`LMPolicyMixin.last_logits` (Q-values read as logits)."""
         return self._last_logits.get(input_ids)
 
     def set_training_mode(self, mode: bool) -> None:
@@ -519,8 +527,8 @@ class GPT2QNetwork(BasePolicy):
             self.kv_cache.reset()
 
 
-class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
-    """DQN policy whose Q-network is a GPT-2: Q(x, v) over the vocabulary = LM-head outputs.
+class LMDQNPolicy(_LMPolicyBase, DQNPolicy):
+    """DQN policy whose Q-network is a causal LM: Q(x, v) over the vocabulary = LM-head outputs.
 
     As in every DQN, the target network ``q_net_target`` is a second, full copy of the network
     (made once by deep copy, then updated by SB3's Polyak/hard updates): it doubles the model's
@@ -540,8 +548,8 @@ class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
     :param kwargs: other :class:`DQNPolicy` arguments (``net_arch`` etc. are not used).
     """
 
-    q_net: GPT2QNetwork  # type: ignore[assignment]
-    q_net_target: GPT2QNetwork  # type: ignore[assignment]
+    q_net: LMQNetwork  # type: ignore[assignment]
+    q_net_target: LMQNetwork  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -557,8 +565,8 @@ class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._check_gpt2(observation_space, action_space, device)
-        self._gpt2_kwargs = {
+        self._check_lm(observation_space, action_space, device)
+        self._lm_kwargs = {
             "model": model,
             "bf16": bf16,
             "kv_cache": kv_cache,
@@ -575,15 +583,15 @@ class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
         )
 
     def _build(self, lr_schedule: Schedule) -> None:
-        kw = self._gpt2_kwargs
-        net = self._new_gpt2_net(value_head=False)
-        target = GPT2ActorCritic(
+        kw = self._lm_kwargs
+        net = self._new_lm_net(value_head=False)
+        target = CausalLMActorCritic(
             net.frozen_lm_copy().lm, value_head=False, bf16=kw["bf16"], dropout=True
         )
         for p in target.parameters():
             p.requires_grad_(True)  # Polyak updates write into it; never in the optimizer
-        self.q_net = GPT2QNetwork(self.observation_space, self.action_space, net, kw["kv_cache"])
-        self.q_net_target = GPT2QNetwork(
+        self.q_net = LMQNetwork(self.observation_space, self.action_space, net, kw["kv_cache"])
+        self.q_net_target = LMQNetwork(
             self.observation_space, self.action_space, target, kv_cache=False
         )
         self.q_net_target.set_training_mode(False)
@@ -595,14 +603,24 @@ class GPT2DQNPolicy(_GPT2PolicyBase, DQNPolicy):
         data = super()._get_constructor_parameters()
         for key in ("net_arch", "activation_fn"):
             data.pop(key, None)
-        data.update(self._gpt2_kwargs)
+        data.update(self._lm_kwargs)
         return data
 
     @property
-    def net(self) -> GPT2ActorCritic:
-        """The online Q-network's GPT-2."""
+    def net(self) -> CausalLMActorCritic:
+        """The online Q-network's causal-LM network."""
         return self.q_net.net
 
     def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """See :meth:`GPT2PolicyMixin.last_logits`."""
+        """See :meth:`LMPolicyMixin.last_logits`."""
         return self.q_net.last_logits(input_ids)
+
+
+# -- former names, kept for existing imports and saved models (SB3 pickles the policy class) -----
+
+GPT2ActorCriticPolicy = LMActorCriticPolicy
+MaskableGPT2ActorCriticPolicy = MaskableLMActorCriticPolicy
+GPT2DQNPolicy = LMDQNPolicy
+GPT2QNetwork = LMQNetwork
+GPT2PolicyMixin = LMPolicyMixin
+gpt2_network = lm_network

@@ -39,12 +39,12 @@ calls ``predict_values`` once per truncated env, a batch-1 full-window forward t
 the policy's batched KV cache) are made in one batched call through the KV cache
 (:meth:`EpisodePPO.truncation_values`).
 
-Usage (any policy built on :class:`agents.network.GPT2ActorCritic`)::
+Usage (any policy built on :class:`agents.network.CausalLMActorCritic`)::
 
     from agents.ppo import EpisodePPO
-    from agents.policies import GPT2ActorCriticPolicy
+    from agents.policies import LMActorCriticPolicy
 
-    model = EpisodePPO(GPT2ActorCriticPolicy, env, policy_kwargs={"model": "tiny-gpt2"})
+    model = EpisodePPO(LMActorCriticPolicy, env, policy_kwargs={"model": "tiny-gpt2"})
     model.learn(10_000)
 """
 
@@ -65,8 +65,8 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from agents.network import GPT2ActorCritic, left_padded_rows, pack_real_tokens
-from agents.policies import GPT2ActorCriticPolicy
+from agents.network import CausalLMActorCritic, left_padded_rows, pack_real_tokens
+from agents.policies import LMActorCriticPolicy
 
 __all__ = [
     "EpisodeIndex",
@@ -198,21 +198,21 @@ def segment_groups(index: EpisodeIndex, max_size: int) -> list[np.ndarray]:
     return groups
 
 
-def find_network(policy: th.nn.Module) -> GPT2ActorCritic | None:
+def find_network(policy: th.nn.Module) -> CausalLMActorCritic | None:
     """The actor-critic network of a policy whose ``evaluate_actions`` EpisodePPO can reproduce.
 
-    That is :class:`agents.policies.GPT2ActorCriticPolicy` or a subclass that keeps its
+    That is :class:`agents.policies.LMActorCriticPolicy` or a subclass that keeps its
     ``evaluate_actions`` (logits = the network's LM head on the last hidden state, values = its
     value head, a plain categorical distribution); ``None`` for any other policy.
 
     :param policy: an SB3 policy.
     """
-    if not isinstance(policy, GPT2ActorCriticPolicy):
+    if not isinstance(policy, LMActorCriticPolicy):
         return None
-    if type(policy).evaluate_actions is not GPT2ActorCriticPolicy.evaluate_actions:
+    if type(policy).evaluate_actions is not LMActorCriticPolicy.evaluate_actions:
         return None
     net = getattr(policy, "net", None)
-    if not isinstance(net, GPT2ActorCritic) or net.value_head is None:
+    if not isinstance(net, CausalLMActorCritic) or net.value_head is None:
         return None
     return net
 
@@ -240,7 +240,7 @@ def categorical_log_prob_entropy(
 
 
 def evaluate_episode_actions(
-    network: GPT2ActorCritic,
+    network: CausalLMActorCritic,
     index: EpisodeIndex,
     input_ids: th.Tensor,
     batch_inds: np.ndarray,
@@ -299,7 +299,7 @@ class EpisodePPO(PPO):
     early stopping are SB3's. Only the evaluation of a minibatch differs (see the module docstring):
     the values, log-probabilities and entropies equal ``policy.evaluate_actions``'s up to float
     rounding, at a fraction of the cost. Needs a policy built on
-    :class:`agents.network.GPT2ActorCritic` and lm-gym's ``Dict(input_ids, attention_mask)``
+    :class:`agents.network.CausalLMActorCritic` and lm-gym's ``Dict(input_ids, attention_mask)``
     observations; otherwise (or with ``episode_eval=False``) it is stock PPO.
 
     :param args: positional arguments of :class:`stable_baselines3.PPO` (policy, env).
@@ -337,7 +337,7 @@ class EpisodePPO(PPO):
 
         SB3 bootstraps each truncated episode with its own ``predict_values`` call (batch 1: a
         full-window forward each, which also invalidates a batched KV cache). Here one call
-        serves them all: with the GPT-2 policy's KV cache, the batch holds every env's current
+        serves them all: with the LM policy's KV cache, the batch holds every env's current
         window (what the cache holds: reused) with the truncated envs' terminal windows in their
         rows (one new token each: one-position forwards); without a cache, the terminal windows
         only. The values are the same up to float rounding.
@@ -377,7 +377,7 @@ class EpisodePPO(PPO):
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        """SB3's ``OnPolicyAlgorithm.collect_rollouts``; with the GPT-2 policy the truncated
+        """SB3's ``OnPolicyAlgorithm.collect_rollouts``; with the LM policy the truncated
         episodes of a step are bootstrapped in one batched call (:meth:`truncation_values`).
 
         :param env: the training environment.
@@ -461,7 +461,7 @@ class EpisodePPO(PPO):
             buf.__dict__[name] = buf.swap_and_flatten(buf.__dict__[name])
         buf.generator_ready = True
 
-    def _episode_setup(self) -> tuple[GPT2ActorCritic, EpisodeIndex, th.Tensor] | None:
+    def _episode_setup(self) -> tuple[CausalLMActorCritic, EpisodeIndex, th.Tensor] | None:
         """The network, episode index and ids tensor for this update; ``None`` for stock PPO."""
         if not self.episode_eval:
             return None
@@ -477,7 +477,7 @@ class EpisodePPO(PPO):
         ):
             if not self._warned_stock:
                 warnings.warn(
-                    "EpisodePPO needs a GPT2ActorCriticPolicy (evaluate_actions not overridden), "
+                    "EpisodePPO needs an LMActorCriticPolicy (evaluate_actions not overridden), "
                     "Dict(input_ids, attention_mask) observations and a Discrete action space; "
                     "using the stock PPO update.",
                     stacklevel=3,
@@ -534,7 +534,7 @@ class EpisodePPO(PPO):
 
     def evaluate_minibatch(
         self,
-        setup: tuple[GPT2ActorCritic, EpisodeIndex, th.Tensor] | None,
+        setup: tuple[CausalLMActorCritic, EpisodeIndex, th.Tensor] | None,
         batch_inds: np.ndarray,
         rollout_data: DictRolloutBufferSamples,
         actions: th.Tensor,

@@ -1,8 +1,8 @@
-"""REINFORCE with a GPT-2 policy, with or without a learned baseline, in one readable file.
+"""REINFORCE with a causal-LM policy, with or without a learned baseline, in one readable file.
 
 Williams' (1992) Monte Carlo policy gradient at the token level. The policy is the causal LM's
-next-token distribution (:class:`agents.network.GPT2ActorCritic`, the network every GPT-2 agent of
-the zoo shares); with ``baseline=True`` a value head on the same trunk estimates the return from
+next-token distribution (:class:`agents.network.CausalLMActorCritic`, the network every LM agent
+of the zoo shares); with ``baseline=True`` a value head on the same trunk estimates the return from
 each state and the gradient uses the advantage ``G_t - V(s_t)`` (REINFORCE with baseline, Sutton and
 Barto, section 13.4); with ``baseline=False`` it uses the return ``G_t`` itself.
 
@@ -37,7 +37,7 @@ __all__ = ["LMReinforce"]
 
 
 class LMReinforce(LMAgent):
-    """REINFORCE over the vocabulary with a GPT-2 policy (and optionally a value baseline).
+    """REINFORCE over the vocabulary with a causal-LM policy (and optionally a value baseline).
 
     :param env: an lm-gym env (one env; episodes are collected one after the other).
     :param model: causal LM name or folder (see :func:`agents.base.model_for_env`) or a model.

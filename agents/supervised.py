@@ -35,7 +35,7 @@ from agents.baselines import LMDecodingAgent
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from agents.network import GPT2ActorCritic
+    from agents.network import CausalLMActorCritic
 
 __all__ = [
     "Demonstration",
@@ -229,7 +229,7 @@ def _batch(
 
 
 def supervised_step(
-    net: GPT2ActorCritic, optimizer: Any, demos: list[Demonstration], pad_id: int
+    net: CausalLMActorCritic, optimizer: Any, demos: list[Demonstration], pad_id: int
 ) -> tuple[float, int]:
     """One teacher-forced cross-entropy step on a batch of demonstrations.
 
@@ -281,11 +281,11 @@ def supervised_finetune(
     """
     import torch
 
-    from agents.network import GPT2ActorCritic
+    from agents.network import CausalLMActorCritic
 
     demos = demonstrations(env, max_samples=max_samples, seed=seed)
     dev = resolve_device(device)
-    net = GPT2ActorCritic(model, value_head=False).to(dev)
+    net = CausalLMActorCritic(model, value_head=False).to(dev)
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     rng = np.random.default_rng(seed)

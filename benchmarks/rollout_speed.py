@@ -8,7 +8,7 @@ alternately, ``--repeats`` times each (the full recompute ``--full-repeats`` tim
   ``new_tokens`` tokens (``min_new_tokens``): the reference.
 * EpisodePPO rollout, KV cache: lm-gym's PPO (:class:`agents.ppo.EpisodePPO`): SB3's rollout loop
   (one step per token: policy forward, env step, reward at episode end, rollout buffer) with
-  :class:`agents.policies.GPT2ActorCriticPolicy` keeping each env's ``past_key_values`` across
+  :class:`agents.policies.LMActorCriticPolicy` keeping each env's ``past_key_values`` across
   steps, and the truncated episodes' value bootstraps batched through that cache.
 * SB3 PPO rollout, KV cache: the same policy under stock ``PPO.collect_rollouts`` (one batch-1,
   full-window ``predict_values`` per truncated episode).

@@ -27,6 +27,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+#: The built-in random-init test models: GPT-2 (learned positions, one key/value head per query
+#: head) and Llama (rotary positions, grouped key/value heads, SmolLM2's 49152-token vocabulary).
+TINY_LMS = ("tiny-gpt2", "tiny-llama")
+
+
+@pytest.fixture(scope="module", params=TINY_LMS)
+def tiny_lm(request: pytest.FixtureRequest) -> str:
+    """Each built-in tiny test model in turn: a model name for ``policy_kwargs["model"]``; build
+    its env with ``tokenizer=lm_gym.models.tokenizer_name_for_model(name)``."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random GPT-2 sequence classifier with the real GPT-2 tokenizer, saved to a folder."""

@@ -1,8 +1,9 @@
 """EpisodePPO: its update equals stock SB3 PPO's per-transition computation.
 
-Set-up: a tiny GPT-2 (2 layers, 128 wide, real tokenizer) on ``LMCountUp-v0`` (12 new tokens) with
-``stop_strings=["k"]``: about 5% of the vocabulary contains a "k", so many episodes stop early and
-lengths are mixed. ``n_steps=20`` is not a multiple of the episode length, so the buffer holds
+Set-up: each built-in tiny model (``tiny_lm``: a GPT-2, 2 layers, 128 wide, and a Llama, 2 layers,
+64 wide, each with its real tokenizer) on ``LMCountUp-v0`` (12 new tokens) with
+``stop_strings=["k"]``: a few percent of the vocabulary contains a "k", so many episodes stop early
+and lengths are mixed. ``n_steps=20`` is not a multiple of the episode length, so the buffer holds
 episodes cut at the rollout boundary at both ends (the second rollout starts mid-episode).
 """
 
@@ -19,34 +20,39 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
-from agents.policies import GPT2ActorCriticPolicy
+from agents.policies import LMActorCriticPolicy
 from agents.ppo import EpisodePPO, build_episode_index, evaluate_episode_actions
+from lm_gym.models import tokenizer_name_for_model
 
 N_ENVS = 4
 N_STEPS = 20
 TOL = 1e-5
 
 
-def _make_env(seed: int = 0):
+def _make_env(seed: int = 0, model: str = "tiny-gpt2"):
     return make_vec_env(
         "lm_gym:LMCountUp-v0",
         n_envs=N_ENVS,
         seed=seed,
-        env_kwargs={"stop_strings": ["k"], "render_mode": None},
+        env_kwargs={
+            "stop_strings": ["k"],
+            "render_mode": None,
+            "tokenizer": tokenizer_name_for_model(model),
+        },
     )
 
 
-def _make_model(algo: type[PPO] = EpisodePPO, **kwargs) -> PPO:
+def _make_model(algo: type[PPO] = EpisodePPO, lm: str = "tiny-gpt2", **kwargs) -> PPO:
     params = dict(
         n_steps=N_STEPS,
         batch_size=16,
         n_epochs=2,
         learning_rate=1e-2,
         seed=0,
-        policy_kwargs={"model": "tiny-gpt2", "optimizer_class": th.optim.SGD},
+        policy_kwargs={"model": lm, "optimizer_class": th.optim.SGD},
     )
     params.update(kwargs)
-    model = algo(GPT2ActorCriticPolicy, _make_env(), **params)
+    model = algo(LMActorCriticPolicy, _make_env(model=lm), **params)
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
 
@@ -59,10 +65,15 @@ def _collect(model: PPO, rollouts: int) -> None:
         assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
+def _lm(model: PPO) -> str:
+    """The model name a fixture's model was built with."""
+    return model.policy_kwargs["model"]
+
+
 @pytest.fixture(scope="module")
-def rollouts() -> list[tuple[EpisodePPO, object]]:
+def rollouts(tiny_lm: str) -> list[tuple[EpisodePPO, object]]:
     """A model and a copy of its buffer after the first and after the second rollout."""
-    model = _make_model()
+    model = _make_model(lm=tiny_lm)
     out = []
     _, callback = model._setup_learn(2 * N_STEPS * N_ENVS, None)
     callback.on_training_start(locals(), globals())
@@ -175,8 +186,8 @@ def test_train_equals_stock_ppo_train(rollouts, batch_size: int, episode_minibat
     """A whole update (2 epochs, SGD, value clipping) of EpisodePPO and of SB3's PPO.train on the
     same rollout gives the same parameters and the same logged losses: with SB3's minibatches
     (2 per epoch, same order), and with episode minibatches when one minibatch holds the buffer."""
-    _, buf = rollouts[1]
-    kwargs = dict(clip_range_vf=0.5, batch_size=batch_size, learning_rate=0.05)
+    model, buf = rollouts[1]
+    kwargs = dict(clip_range_vf=0.5, batch_size=batch_size, learning_rate=0.05, lm=_lm(model))
     fast = _make_model(EpisodePPO, episode_minibatches=episode_minibatches, **kwargs)
     stock = _make_model(PPO, **kwargs)
     stock.policy.load_state_dict(fast.policy.state_dict())
@@ -213,17 +224,17 @@ def test_episode_minibatches_hold_whole_segments(rollouts) -> None:
             # a chunk is a run of consecutive steps of one segment
             assert (np.diff(offsets) == 1).all()
     assert len(batches) <= 2 * -(-(N_STEPS * N_ENVS) // 16)
-    trained = _make_model(EpisodePPO, episode_minibatches=True, n_epochs=1)
+    trained = _make_model(EpisodePPO, lm=_lm(model), episode_minibatches=True, n_epochs=1)
     trained.rollout_buffer = copy.deepcopy(buf)
     trained.train()
     assert trained.logger.name_to_value["train/episode_segments"] == index.n_segments
 
 
-def test_collect_rollouts_equals_stock() -> None:
+def test_collect_rollouts_equals_stock(tiny_lm: str) -> None:
     """EpisodePPO's rollout (batched truncation bootstraps through the KV cache) fills the buffer
     as SB3's collect_rollouts does: same actions, and rewards, values, log-probs and returns equal
     within float tolerance; the batched bootstrap did run."""
-    fast, stock = _make_model(EpisodePPO), _make_model(PPO)
+    fast, stock = _make_model(EpisodePPO, lm=tiny_lm), _make_model(PPO, lm=tiny_lm)
     stock.policy.load_state_dict(fast.policy.state_dict())
     calls = []
     inner = fast.truncation_values
@@ -298,14 +309,17 @@ def test_build_episode_index_segments() -> None:
     assert index.offset[:3].tolist() == [1, 0, 0]
 
 
-def test_save_load_and_learn(tmp_path) -> None:
+def test_save_load_and_learn(tiny_lm: str, tmp_path) -> None:
     """learn() runs through SB3's loop; save/load keeps the class and its option."""
-    model = _make_model(EpisodePPO, episode_eval=True, n_epochs=1)
+    model = _make_model(EpisodePPO, lm=tiny_lm, episode_eval=True, n_epochs=1)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
     model.learn(N_STEPS * N_ENVS)
     assert model._n_updates == 1
+    assert model.last_episode_index is not None and model.last_episode_index.n_unmatched == 0
+    assert any(not th.equal(v, model.policy.state_dict()[k]) for k, v in before.items())
     path = tmp_path / "episode_ppo.zip"
     model.save(path)
-    loaded = EpisodePPO.load(path, env=_make_env())
+    loaded = EpisodePPO.load(path, env=_make_env(model=tiny_lm))
     assert isinstance(loaded, EpisodePPO) and loaded.episode_eval
     assert loaded.last_episode_index is None
     obs = model.env.reset()
@@ -315,7 +329,7 @@ def test_save_load_and_learn(tmp_path) -> None:
 
 
 def test_other_policies_use_the_stock_update() -> None:
-    """Without a GPT-2 policy EpisodePPO warns once and is SB3's PPO."""
+    """Without an LM policy EpisodePPO warns once and is SB3's PPO."""
     env = gym.make("CartPole-v1")
     model = EpisodePPO("MlpPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0)
     with pytest.warns(UserWarning, match="stock PPO update"):

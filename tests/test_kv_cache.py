@@ -1,10 +1,14 @@
 """KV-cached rollouts give the same actions, log-probabilities and values as a full recompute.
 
-Rollouts mix episode ends: every env stops on any token whose text contains an "e" (about a
-third of GPT-2's vocabulary), so envs restart at different steps, and two window layouts are mixed.
+Every test runs with each built-in tiny model (``tiny_lm``: GPT-2, and Llama with rotary positions
+and grouped key/value heads). Rollouts mix episode ends: every env stops on any token whose text
+contains an "e" (about a third of the vocabulary), so envs restart at different steps, and two
+window layouts are mixed.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -15,30 +19,38 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.network import GPT2ActorCritic, RolloutKVCache, position_ids_from_mask
-from agents.policies import GPT2ActorCriticPolicy, GPT2DQNPolicy
+from agents.network import CausalLMActorCritic, RolloutKVCache, position_ids_from_mask
+from agents.policies import LMActorCriticPolicy, LMDQNPolicy
+from lm_gym.models import tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 
 ATOL = 1e-4
+#: The id of padding columns in hand-made windows (masked out: any id in both vocabularies).
+PAD = 0
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def net() -> GPT2ActorCritic:
+def net(tiny_lm: str) -> CausalLMActorCritic:
     torch.manual_seed(0)
-    return GPT2ActorCritic("tiny-gpt2").eval()
+    return CausalLMActorCritic(tiny_lm).eval()
 
 
-def _mixed_env(n_envs: int = 4) -> DummyVecEnv:
-    """Envs that end at different steps (stop strings), with two prompt/new-token splits."""
+def _mixed_env(n_envs: int = 4, model: str = "tiny-gpt2") -> DummyVecEnv:
+    """Envs that end at different steps (stop strings), with two prompt/new-token splits, in the
+    vocabulary of ``model``."""
+    tokenizer = tokenizer_name_for_model(model)
 
     def make(i: int):
         def _f():
             split = (14, 10) if i % 2 else (16, 8)  # same window (24), different budgets
             return CountUpEnv(
-                max_prompt_tokens=split[0], max_new_tokens=split[1], stop_strings=["e"]
+                max_prompt_tokens=split[0],
+                max_new_tokens=split[1],
+                stop_strings=["e"],
+                tokenizer=tokenizer,
             )
 
         return _f
@@ -49,7 +61,7 @@ def _mixed_env(n_envs: int = 4) -> DummyVecEnv:
 
 
 def _random_windows(rng: np.random.Generator, batch: int, length: int, vocab: int):
-    ids = np.full((batch, length), 50256)
+    ids = np.full((batch, length), PAD)
     mask = np.zeros((batch, length), dtype=np.int64)
     for i in range(batch):
         n = int(rng.integers(1, length // 2))
@@ -63,17 +75,17 @@ def test_position_ids_left_padding():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
-def test_left_padding_matches_unpadded(net: GPT2ActorCritic):
+def test_left_padding_matches_unpadded(net: CausalLMActorCritic):
     ids = torch.tensor([[464, 3290, 318, 257]])
     logits, value = net(ids, torch.ones_like(ids))
-    padded = torch.cat([torch.full((1, 5), 50256), ids], 1)
+    padded = torch.cat([torch.full((1, 5), PAD), ids], 1)
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(ids)], 1)
     logits_p, value_p = net(padded, mask)
     assert torch.allclose(logits, logits_p, atol=ATOL)
     assert torch.allclose(value, value_p, atol=ATOL)
 
 
-def test_cache_matches_full_recompute_with_resets(net: GPT2ActorCritic):
+def test_cache_matches_full_recompute_with_resets(net: CausalLMActorCritic):
     """Random episodes of random lengths: every step's logits and values equal the full forward."""
     rng = np.random.default_rng(0)
     batch, length = 5, 20
@@ -101,7 +113,7 @@ def test_cache_matches_full_recompute_with_resets(net: GPT2ActorCritic):
     assert cache.stats["incremental"] > 3 * cache.stats["full"] > 0
 
 
-def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: GPT2ActorCritic):
+def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: CausalLMActorCritic):
     rng = np.random.default_rng(1)
     ids, mask = (torch.tensor(a) for a in _random_windows(rng, 3, 12, net.vocab_size))
     cache = RolloutKVCache()
@@ -109,12 +121,10 @@ def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: GPT2Acto
         first, _ = net(ids, mask, cache)
         again, _ = net(ids, mask, cache)
         assert cache.stats["reused"] == 3 and torch.equal(first, again)
-        other = GPT2ActorCritic("tiny-gpt2", value_head=False)
-        net_copy = GPT2ActorCritic(other.lm, value_head=False)
-        net_copy.lm.load_state_dict(net.lm.state_dict())
+        net_copy = net.frozen_lm_copy()
         cache2 = RolloutKVCache()
         net_copy(ids, mask, cache2)
-        net_copy.lm.transformer.h[0].mlp.c_fc.weight.mul_(1.5)  # in place, as optimizers do
+        net_copy.lm.get_input_embeddings().weight.mul_(1.5)  # in place, as optimizers do
         ids2 = torch.cat([ids[:, 1:], ids[:, :1]], 1)
         mask2 = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], 1)
         logits_c, _ = net_copy(ids2, mask2, cache2)
@@ -123,7 +133,7 @@ def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: GPT2Acto
     assert torch.allclose(logits_c, logits_f, atol=ATOL)
 
 
-def test_cache_batch_size_change(net: GPT2ActorCritic):
+def test_cache_batch_size_change(net: CausalLMActorCritic):
     rng = np.random.default_rng(2)
     cache = RolloutKVCache()
     with torch.no_grad():
@@ -138,17 +148,17 @@ def _collect(model: PPO) -> None:
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
-def test_sb3_rollouts_match_full_recompute():
+def test_sb3_rollouts_match_full_recompute(tiny_lm: str):
     """Two PPO models, same weights and seeds, with and without the KV cache: same rollout."""
     buffers = []
     for kv_cache in (True, False):
         model = PPO(
-            GPT2ActorCriticPolicy,
-            _mixed_env(),
+            LMActorCriticPolicy,
+            _mixed_env(model=tiny_lm),
             n_steps=30,
             batch_size=30,
             seed=7,
-            policy_kwargs={"model": "tiny-gpt2", "kv_cache": kv_cache},
+            policy_kwargs={"model": tiny_lm, "kv_cache": kv_cache},
         )
         _collect(model)
         if kv_cache:
@@ -157,18 +167,19 @@ def test_sb3_rollouts_match_full_recompute():
         buffers.append(model.rollout_buffer)
     cached, full = buffers
     starts = cached.episode_starts[1:]
-    assert starts.any() and not starts.all(axis=1).any()  # episodes end at different steps
+    assert (starts.any(axis=1) & ~starts.all(axis=1)).any()  # episodes end at different steps
     np.testing.assert_array_equal(cached.actions, full.actions)
     np.testing.assert_allclose(cached.log_probs, full.log_probs, atol=ATOL)
     np.testing.assert_allclose(cached.values, full.values, atol=ATOL)
     np.testing.assert_array_equal(cached.episode_starts, full.episode_starts)
 
 
-def test_dqn_greedy_rollout_matches_full_recompute():
-    env = _mixed_env()
+def test_dqn_greedy_rollout_matches_full_recompute(tiny_lm: str):
+    env = _mixed_env(model=tiny_lm)
+    vocab = int(env.action_space.n)
     policies = [
-        GPT2DQNPolicy(
-            env.observation_space, env.action_space, lambda _: 1e-3, model="tiny-gpt2", kv_cache=c
+        LMDQNPolicy(
+            env.observation_space, env.action_space, lambda _: 1e-3, model=tiny_lm, kv_cache=c
         )
         for c in (True, False)
     ]
@@ -183,16 +194,16 @@ def test_dqn_greedy_rollout_matches_full_recompute():
             policies[0].last_logits(ids).numpy(), policies[1].last_logits(ids).numpy(), atol=ATOL
         )
         # explore, so that episodes do not all repeat the greedy token
-        obs, *_ = env.step(np.where(rng.random(4) < 0.5, greedy[0], rng.integers(0, 50257, 4)))
+        obs, *_ = env.step(np.where(rng.random(4) < 0.5, greedy[0], rng.integers(0, vocab, 4)))
     assert policies[0].q_net.kv_cache.stats["incremental"] > 0
 
 
 def _window(tokens: list[int], length: int) -> tuple[list[int], list[int]]:
     pad = length - len(tokens)
-    return [50256] * pad + tokens, [0] * pad + [1] * len(tokens)
+    return [PAD] * pad + tokens, [0] * pad + [1] * len(tokens)
 
 
-def _check_step(net: GPT2ActorCritic, cache: RolloutKVCache, ids, mask) -> None:
+def _check_step(net: CausalLMActorCritic, cache: RolloutKVCache, ids, mask) -> None:
     ids_t, mask_t = torch.tensor(ids), torch.tensor(mask)
     logits_c, values_c = net(ids_t, mask_t, cache)
     logits_f, values_f = net(ids_t, mask_t)
@@ -203,7 +214,7 @@ def _check_step(net: GPT2ActorCritic, cache: RolloutKVCache, ids, mask) -> None:
     assert cache.width == ids_t.shape[1] - leading
 
 
-def test_trimmed_cache_rows_of_different_lengths_restart_mid_rollout(net: GPT2ActorCritic):
+def test_trimmed_cache_rows_of_different_lengths_restart_mid_rollout(net: CausalLMActorCritic):
     """Rows with prompts of 2, 3 and 5 tokens in a 16-wide window; mid-rollout, one row restarts
     with a prompt longer than the cache is wide, one with a 1-token prompt, one stays unchanged:
     reused, one-token and full rows of different cache widths in one batch."""
@@ -228,7 +239,7 @@ def test_trimmed_cache_rows_of_different_lengths_restart_mid_rollout(net: GPT2Ac
     assert cache.stats["incremental"] > 20
 
 
-def test_trimmed_cache_full_window_rows(net: GPT2ActorCritic):
+def test_trimmed_cache_full_window_rows(net: CausalLMActorCritic):
     """A row whose window is all real tokens (the cache spans the whole window) next to rows that
     go on: the full row's next window drops a real token (recomputed), the others drop the
     window's first column from the cache."""
@@ -244,3 +255,19 @@ def test_trimmed_cache_full_window_rows(net: GPT2ActorCritic):
             rows = [r[-length:] for r in rows]
     assert cache.width == length
     assert cache.stats["incremental"] >= 5 and cache.stats["full"] > 3
+
+
+def test_cached_steps_pass_the_cache_under_the_current_keyword(net: CausalLMActorCritic):
+    """Cached steps hand the cache to the trunk under the keyword its ``forward`` takes
+    (``cache`` in transformers 5, where ``past_key_values`` is deprecated): no deprecation
+    warning, and the one-token step still matches the full forward."""
+    ids, mask = (torch.tensor(a) for a in _random_windows(np.random.default_rng(5), 2, 8, 1000))
+    cache = RolloutKVCache()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        net(ids, mask, cache)
+        ids2 = torch.cat([ids[:, 1:], ids[:, -1:]], 1)
+        mask2 = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], 1)
+        logits_c, _ = net(ids2, mask2, cache)
+    assert cache.stats["incremental"] == 2
+    assert torch.allclose(logits_c, net(ids2, mask2)[0], atol=ATOL)

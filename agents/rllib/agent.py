@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from agents.base import batch_obs, call_callback, env_id_of, model_for_env
-from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.network import CausalLMActorCritic, RolloutKVCache
 from agents.rllib.options import PPOOptions
 from agents.rllib.policy import load_policy
 
@@ -87,15 +87,15 @@ class RLlibPPOAgent:
         self.run_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="rllib-ppo-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_timesteps = 0
-        self._net: GPT2ActorCritic | None = None
+        self._net: CausalLMActorCritic | None = None
         self._cache = RolloutKVCache()
         self._generator = torch.Generator().manual_seed(self.seed)
 
     @property
-    def net(self) -> GPT2ActorCritic:
+    def net(self) -> CausalLMActorCritic:
         """The policy network: the trained one after ``learn``/``load``, else the untrained LM."""
         if self._net is None:
-            self._net = GPT2ActorCritic(self.model).eval()
+            self._net = CausalLMActorCritic(self.model).eval()
         return self._net
 
     def learn(self, total_timesteps: int, callback: Any = None) -> RLlibPPOAgent:

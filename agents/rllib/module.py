@@ -1,4 +1,5 @@
-"""The GPT-2 actor-critic as an RLlib ``RLModule`` (one network, two front ends: SB3 and RLlib)."""
+"""The causal-LM actor-critic as an RLlib ``RLModule`` (one network, two front ends: SB3 and
+RLlib). ``GPT2RLModule`` is :class:`LMRLModule`'s former name (an alias)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
 from agents.network import (
-    GPT2ActorCritic,
+    CausalLMActorCritic,
     RolloutKVCache,
     check_lm_spaces,
+    check_model_fits,
     left_padded_rows,
     pack_real_tokens,
 )
 from agents.rllib.policy import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
-__all__ = ["GPT2RLModule", "episode_last_hidden", "weight_sync_bytes"]
+__all__ = ["GPT2RLModule", "LMRLModule", "episode_last_hidden", "weight_sync_bytes"]
 
 
 def episode_last_hidden(
-    net: GPT2ActorCritic, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    net: CausalLMActorCritic, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """The trunk's hidden state at the last position of each window, one forward per episode.
 
@@ -108,8 +110,9 @@ def episode_last_hidden(
     return out, stats
 
 
-class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
-    """RLlib ``RLModule`` over :class:`agents.network.GPT2ActorCritic`, for PPO (and APPO, IMPALA).
+class LMRLModule(TorchRLModule, ValueFunctionAPI):
+    """RLlib ``RLModule`` over :class:`agents.network.CausalLMActorCritic` (any causal LM: GPT-2,
+    Llama, ...), for PPO (and APPO, IMPALA).
 
     The observation is an lm-gym window ``{"input_ids", "attention_mask"}`` (int64, left-padded, so
     the last position is the newest real token); the action space ``Discrete(V)`` must match the
@@ -121,7 +124,8 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
     :class:`~agents.network.RolloutKVCache`, so each step computes one new position per env.
 
     The module's state (what RLlib sends to every env runner after each update, and what
-    checkpoints hold) leaves out tied copies: GPT-2's LM head is its token embedding, sent once.
+    checkpoints hold) leaves out tied copies: a tied LM head (GPT-2's, SmolLM2's) is the token
+    embedding, sent once.
 
     ``model_config`` keys (JSON-serialisable, so every node can rebuild the module):
 
@@ -142,25 +146,15 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
     def setup(self) -> None:
         """Build the network from ``model_config`` and check it against the spaces."""
         cfg = dict(self.model_config or {})
-        window = check_lm_spaces(self.observation_space, self.action_space, owner="GPT2RLModule")
-        self.net = GPT2ActorCritic(
-            cfg.get("model", DEFAULT_MODEL),
+        window = check_lm_spaces(self.observation_space, self.action_space, owner="LMRLModule")
+        model = cfg.get("model", DEFAULT_MODEL)
+        self.net = CausalLMActorCritic(
+            model,
             value_hidden=int(cfg.get("value_hidden", 0)),
             bf16=bool(cfg.get("bf16", False)),
             load_kwargs=cfg.get("load_kwargs"),
         )
-        vocab = int(self.action_space.n)  # a NumPy integer on env runners: transformers wants int
-        if self.net.vocab_size != vocab:
-            raise ValueError(
-                f"The model's vocabulary ({self.net.vocab_size} tokens) does not match the env's "
-                f"action space Discrete({vocab}): use the model of the env's tokenizer."
-            )
-        max_pos = getattr(self.net.lm.config.get_text_config(), "max_position_embeddings", None)
-        if max_pos is not None and window > max_pos:
-            raise ValueError(
-                f"The observation window ({window} tokens) is longer than the model's context "
-                f"({max_pos}): lower max_prompt_tokens + max_new_tokens."
-            )
+        check_model_fits(self.net, self.action_space, window, model)
         self._kv_cache = RolloutKVCache() if cfg.get("kv_cache", True) else None
         self._episode_forward = bool(cfg.get("episode_forward", True))
         #: Totals of :func:`episode_last_hidden`'s counts over the training forwards (benchmarks).
@@ -174,7 +168,7 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
         obs = batch[Columns.OBS]
         if not isinstance(obs, Mapping) or "input_ids" not in obs or "attention_mask" not in obs:
             raise TypeError(
-                "GPT2RLModule takes lm-gym observations {'input_ids', 'attention_mask'}; got "
+                "LMRLModule takes lm-gym observations {'input_ids', 'attention_mask'}; got "
                 f"{type(obs).__name__}. Do not flatten the observation in a connector."
             )
         return obs["input_ids"].long(), obs["attention_mask"].long()
@@ -251,12 +245,12 @@ class GPT2RLModule(TorchRLModule, ValueFunctionAPI):
         missing = [k for k in missing if k not in self._tied_keys]
         if missing:
             raise ValueError(
-                f"GPT2RLModule state is missing {missing[:5]}{'...' if len(missing) > 5 else ''}: "
+                f"LMRLModule state is missing {missing[:5]}{'...' if len(missing) > 5 else ''}: "
                 "it was saved from a different model."
             )
 
 
-def weight_sync_bytes(module: GPT2RLModule) -> dict[str, int]:
+def weight_sync_bytes(module: LMRLModule) -> dict[str, int]:
     """What one weight sync of ``module`` costs, measured on its state.
 
     :param module: a built module.
@@ -272,3 +266,7 @@ def weight_sync_bytes(module: GPT2RLModule) -> dict[str, int]:
         "pickled": len(pickle.dumps(state, protocol=5)),
         "pickled_with_tied": len(pickle.dumps(full, protocol=5)),
     }
+
+
+#: The former name of :class:`LMRLModule` (kept for existing imports and checkpoints).
+GPT2RLModule = LMRLModule

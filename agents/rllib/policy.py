@@ -1,7 +1,7 @@
 """The policy of an RLlib run without Ray: env ids, tied weights, evaluation, loading a checkpoint.
 
 Nothing here imports Ray: a run folder written by :func:`agents.rllib.train_rllib` is evaluated and
-exported with lm-gym's own code (:class:`agents.network.GPT2ActorCritic`).
+exported with lm-gym's own code (:class:`agents.network.CausalLMActorCritic`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.network import GPT2ActorCritic, RolloutKVCache
+from agents.network import CausalLMActorCritic, RolloutKVCache
 
 if TYPE_CHECKING:
-    from agents.rllib.module import GPT2RLModule
+    from agents.rllib.module import LMRLModule
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -102,7 +102,7 @@ def state_nbytes(state: Mapping[str, Any]) -> int:
 
 
 def evaluate_policy(
-    net: GPT2ActorCritic | GPT2RLModule,
+    net: CausalLMActorCritic | LMRLModule,
     env_id: str,
     *,
     episodes: int = 32,
@@ -117,7 +117,7 @@ def evaluate_policy(
     sampled from the logits (``deterministic=False``: the policy PPO trains) with a generator
     seeded by ``seed``, or the argmax.
 
-    :param net: the network, or a :class:`~agents.rllib.GPT2RLModule` (its network is used).
+    :param net: the network, or a :class:`~agents.rllib.LMRLModule` (its network is used).
     :param env_id: an lm-gym id.
     :param episodes: number of episodes (use seeds that training did not draw).
     :param seed: the first env seed.
@@ -126,7 +126,7 @@ def evaluate_policy(
     :param batch_size: envs stepped together.
     :return: one return per episode, in seed order.
     """
-    if not isinstance(net, GPT2ActorCritic):
+    if not isinstance(net, CausalLMActorCritic):
         net = net.net
     was_training = net.training
     net.eval()
@@ -166,14 +166,14 @@ def evaluate_policy(
 
 def load_policy(
     run_dir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None
-) -> GPT2ActorCritic:
+) -> CausalLMActorCritic:
     """The trained network of a :func:`~agents.rllib.train_rllib` run folder, in this process.
 
     Reads the module state of the checkpoint (a pickle of NumPy arrays) without Ray.
 
     :param run_dir: the run folder (its ``config.json`` names the model).
     :param checkpoint: a checkpoint folder (default ``run_dir/checkpoint``).
-    :return: a :class:`~agents.network.GPT2ActorCritic` in eval mode, on CPU.
+    :return: a :class:`~agents.network.CausalLMActorCritic` in eval mode, on CPU.
     :raises FileNotFoundError: no config or no module state.
     :raises ValueError: the state does not fit the model the config names.
     """
@@ -185,7 +185,7 @@ def load_policy(
         raise FileNotFoundError(f"No RLModule state at {state_file}.")
     with state_file.open("rb") as f:
         state = pickle.load(f)
-    net = GPT2ActorCritic(
+    net = CausalLMActorCritic(
         options.get("model", DEFAULT_MODEL), value_hidden=int(options.get("value_hidden", 0))
     )
     prefix = "net."

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.rllib.module import GPT2RLModule
+from agents.rllib.module import LMRLModule
 from agents.rllib.options import PPOOptions
 from agents.rllib.policy import (
     CHECKPOINT_DIR,
@@ -76,7 +76,7 @@ def build_ppo_config(
     options: PPOOptions | None = None,
     **kwargs: Any,
 ) -> Any:
-    """RLlib's ``PPOConfig`` for an lm-gym env with :class:`~agents.rllib.GPT2RLModule`.
+    """RLlib's ``PPOConfig`` for an lm-gym env with :class:`~agents.rllib.LMRLModule`.
 
     :param env_id: lm-gym id (passed on as ``"lm_gym:<id>"``).
     :param num_env_runners: sampling processes (0: sample in the driver). With remote runners the
@@ -143,9 +143,7 @@ def build_ppo_config(
             grad_clip_by="global_norm",
             use_kl_loss=False,
         )
-        .rl_module(
-            rl_module_spec=RLModuleSpec(module_class=GPT2RLModule, model_config=model_config)
-        )
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=LMRLModule, model_config=model_config))
         .debugging(seed=seed)
         .reporting(metrics_num_episodes_for_smoothing=100)
     )
@@ -206,7 +204,7 @@ def synced_state_bytes(algo: Any) -> dict[str, int]:
     After every update RLlib takes the module state from the first learner (``inference_only``),
     puts it once into Ray's object store, and each node that hosts env runners fetches it once.
 
-    :param algo: a built RLlib ``Algorithm`` using :class:`~agents.rllib.GPT2RLModule`.
+    :param algo: a built RLlib ``Algorithm`` using :class:`~agents.rllib.LMRLModule`.
     :return: ``{"state": bytes of the arrays, "pickled": bytes of the pickled state,
         "tied_dropped": bytes of the tied copies left out (what a stock module would add)}``.
     """
@@ -284,7 +282,7 @@ def train_rllib(
     callback: Callable[[dict[str, float]], bool | None] | None = None,
     **options: Any,
 ) -> RLlibRunResult:
-    """Train PPO with :class:`~agents.rllib.GPT2RLModule` on an lm-gym env with Ray RLlib, resuming
+    """Train PPO with :class:`~agents.rllib.LMRLModule` on an lm-gym env with Ray RLlib, resuming
     from the run folder's checkpoint when there is one.
 
     Ray: when Ray is already initialised in this process, that cluster is used as is. Otherwise
