@@ -175,8 +175,15 @@ def model_for_env(model: str, env: gym.Env) -> str:
 
     :param model: a causal LM name or folder.
     :param env: the env the model will act on.
+    :raises ValueError: the env's vocabulary is not GPT-2's and ``model`` is neither a built-in
+        GPT-2 name, a folder, nor a model whose tokenizer has the env's vocabulary.
     """
-    from lm_gym.models import BUILTIN_LMS, GPT2_TOKENIZER_NAMES, GPT2_VOCAB_SIZE
+    from lm_gym.models import (
+        BUILTIN_LMS,
+        GPT2_TOKENIZER_NAMES,
+        GPT2_VOCAB_SIZE,
+        tokenizer_name_for_model,
+    )
 
     vocab = int(env.action_space.n)
     if vocab == GPT2_VOCAB_SIZE or Path(model).is_dir():
@@ -184,9 +191,15 @@ def model_for_env(model: str, env: gym.Env) -> str:
     if model in GPT2_TOKENIZER_NAMES:
         model = "tiny-gpt2"
     if model not in BUILTIN_LMS:
-        # a model with its own tokenizer (smollm2-135m, tiny-llama, a hub id): the policy checks
-        # that its vocabulary is the env's and says which tokenizer to pass when it is not
-        return model
+        # a model with its own tokenizer (smollm2-135m, tiny-llama, a hub id) acts on envs made
+        # with that tokenizer
+        if _tokenizer_size(tokenizer_name_for_model(model)) == vocab:
+            return model
+        raise ValueError(
+            f"The env's vocabulary has {vocab} tokens; model {model!r} cannot act on it. Use a "
+            f"built-in name ({', '.join(sorted(BUILTIN_LMS))}), built with the env's vocabulary, "
+            "or a model whose tokenizer is the env's."
+        )
     from lm_gym.data import cache_dir
     from lm_gym.models import load_causal_lm
 
@@ -202,6 +215,16 @@ def model_for_env(model: str, env: gym.Env) -> str:
 
             shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)
+
+
+def _tokenizer_size(name: str) -> int | None:
+    """The vocabulary size of tokenizer ``name``, or ``None`` when it cannot be loaded."""
+    from lm_gym.models import load_tokenizer
+
+    try:
+        return len(load_tokenizer(name))
+    except (OSError, ValueError, ImportError):
+        return None
 
 
 def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedModel:
