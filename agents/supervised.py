@@ -114,17 +114,16 @@ register_demonstrator("count-up", _count_up, overwrite=True)
 register_demonstrator("alliteration", _alliteration, overwrite=True)
 
 
-def _encode_prompt(env: gym.Env, prompt_text: str) -> tuple[int, ...]:
-    inner = text_env(env)
-    ids = inner.tokenizer.encode(prompt_text, add_special_tokens=False) if prompt_text else []
-    if not ids:
-        ids = [inner.tokenizer.bos_token_id or inner.eos_token_id]
-    return tuple(int(i) for i in ids[-inner.max_prompt_tokens :])
+def _encode_prompt(env: gym.Env, prompt: str) -> tuple[int, ...]:
+    """The env's real prompt ids for a sample's prompt: its template (plain or chat) and its
+    truncation, without the truncation warning."""
+    return tuple(int(i) for i in text_env(env).encode_prompt(prompt, warn=False))
 
 
-def _target(env: gym.Env, prompt_text: str, answer: str) -> tuple[int, ...]:
+def _target(env: gym.Env, prompt_ids: tuple[int, ...], answer: str) -> tuple[int, ...]:
     inner = text_env(env)
-    if answer and not answer[0].isspace() and prompt_text and not prompt_text[-1].isspace():
+    lead = inner.tokenizer.decode(list(prompt_ids[-1:]), skip_special_tokens=True)
+    if answer and not answer[0].isspace() and lead and not lead[-1].isspace():
         answer = " " + answer
     ids = [int(i) for i in inner.tokenizer.encode(answer, add_special_tokens=False)]
     ids = ids[: inner.max_new_tokens]
@@ -171,17 +170,16 @@ def demonstrations(
     """
     # a fresh copy when the env was made by id: the caller's env is not reset under its feet
     inner = text_env(fresh_env(env) or env)
-    template = inner.config["prompt_template"]
     if inner.samples:
         out = []
         for sample in inner.samples:
             if not sample.references:
                 continue
-            prompt = template.format(prompt=sample.prompt)
             answer = sample.references[0]
             if answer.startswith(sample.prompt) and len(answer) > len(sample.prompt):
                 answer = answer[len(sample.prompt) :]  # a continuation task: the rest of the text
-            out.append(Demonstration(_encode_prompt(inner, prompt), _target(inner, prompt, answer)))
+            prompt_ids = _encode_prompt(inner, sample.prompt)
+            out.append(Demonstration(prompt_ids, _target(inner, prompt_ids, answer)))
             if max_samples is not None and len(out) >= max_samples:
                 break
         if out:
@@ -192,12 +190,10 @@ def demonstrations(
         out = []
         for i in range(max_samples or 256):
             _, info = inner.reset(seed=seed + i)
-            prompt = info["prompt"]
-            out.append(
-                Demonstration(
-                    _encode_prompt(inner, prompt), _target(inner, prompt, writer(prompt, rng))
-                )
-            )
+            assert inner.sample is not None
+            prompt_ids = _encode_prompt(inner, inner.sample.prompt)
+            answer = writer(info["prompt"], rng)
+            out.append(Demonstration(prompt_ids, _target(inner, prompt_ids, answer)))
         return out
     if hasattr(inner, "start_distribution"):
         demos = _optimal_rollouts(inner)

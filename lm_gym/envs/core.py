@@ -2,7 +2,9 @@
 
 One step is one token. The observation is the token ids so far (prompt, then the generated tokens),
 right-aligned in a fixed-length window of ``max_prompt_tokens + max_new_tokens`` ids with padding
-on the left, and an attention mask. The action is a vocabulary index. The episode terminates on
+on the left, and an attention mask. The prompt is the task's plain text (for base models) or the
+tokenizer's chat template around the task's system and user messages (for instruct models), see
+``prompt_template``. The action is a vocabulary index. The episode terminates on
 a stop token (EOS by default, or any token containing one of the task's stop strings) and is
 truncated after ``max_new_tokens`` tokens. The task reward scores the decoded text once, at the
 end of the episode: intermediate rewards are 0.0.
@@ -12,6 +14,7 @@ Text is decoded only at episode end (and in :meth:`TextEnv.render`), never per s
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import warnings
@@ -27,6 +30,10 @@ from lm_gym.models import load_tokenizer
 from lm_gym.rewards import Scorer, shared_scorer
 
 ObsType = dict[str, np.ndarray]
+
+#: the named prompt styles of ``prompt_template`` (any other value is a format string with
+#: ``{prompt}``, a plain prompt of one's own)
+PROMPT_STYLES = ("plain", "chat")
 
 
 class EpisodeError(RuntimeError):
@@ -64,6 +71,20 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     JSON-serialisable name or number, so specs serialise and vector envs can rebuild envs; a
     ``config`` dict overrides the defaults as keyword arguments do.
 
+    Base and instruct models. A task states its prompt twice: :attr:`plain_prompt`, text that a
+    base model continues (``"{prompt}\\nTL;DR:"``), and :attr:`chat_system` / :attr:`chat_user`,
+    the messages an instruct model answers (``"Summarise the following text in one
+    sentence.\\n\\n{prompt}"``). ``prompt_template="plain"`` (the default) suits base models
+    (GPT-2); ``"chat"`` suits instruct models (``smollm2-135m``): their chat template is applied
+    with ``add_generation_prompt=True``, so the observation holds the template's ids (system and
+    user turns, then the assistant header) and the agent's tokens are the assistant's reply. An
+    instruct model answering a plain prompt often ends at once (SmolLM2-135M-Instruct writes a
+    newline first on summarisation); a base model has no chat template to use. With ``"chat"`` the
+    episode also terminates on the end-of-turn token when it is the tokenizer's EOS
+    (``<|im_end|>`` for SmolLM2); a task's stop strings (a newline for translation and
+    summarisation) still apply. ``info["prompt"]`` (and the prompt the reward reads) is the plain
+    prompt text in both styles, so rewards do not change with the style.
+
     :param tokenizer: tokenizer name or folder (see :func:`lm_gym.models.load_tokenizer`).
     :param dataset: data set name, ``.jsonl``/``.json`` file, or list of ``{"prompt", "references"}``
         dicts (see :func:`lm_gym.data.load_dataset`).
@@ -73,11 +94,22 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         :func:`lm_gym.rewards.list_scorers`) or a callable ``f(texts, prompts, references)``.
     :param reward_kwargs: keyword arguments for the reward scorer.
     :param metrics: further scorer names computed at episode end and reported in ``info``.
-    :param prompt_template: format string applied to the sample's prompt, with ``{prompt}``.
-    :param max_prompt_tokens: P, the prompt part of the observation window.
+    :param prompt_template: ``"plain"`` (default): the task's plain prompt :attr:`plain_prompt`
+        applied to the sample's prompt, for base models; ``"chat"``: the tokenizer's own chat
+        template applied to the task's :attr:`chat_system` and :attr:`chat_user` messages, for
+        instruct models (a tokenizer without a chat template is a ``ValueError``); or a format
+        string with ``{prompt}``: a plain prompt of one's own.
+    :param max_prompt_tokens: P, the prompt part of the observation window. With
+        ``prompt_template="chat"`` and P left at the task's default, P grows by the chat
+        template's own tokens (the template with an empty task text), so the task text keeps the
+        plain prompt's budget; a P that is given is the window as it stands.
     :param max_new_tokens: T, the episode's token budget (truncation after T steps).
     :param truncation: a prompt longer than P is cut from the left with a warning (``"left"``) or
-        refused with a ``ValueError`` (``"error"``).
+        refused with a ``ValueError`` (``"error"``). With ``prompt_template="chat"`` only the
+        task text (the sample's prompt inside the user message) is cut, from the left, so the
+        template's head (system turn, user header, instruction) and tail (end of turn, assistant
+        header) stay whole; a P smaller than the template with an empty task text is a
+        ``ValueError``.
     :param stop_strings: a token containing any of these strings also ends the episode.
     :param stop_on_eos: whether the EOS token ends the episode.
     :param defer_reward: leave the episode-end scoring to a vector-level batcher
@@ -98,6 +130,14 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     #: reward is still ``_step_reward(token, 0.0)`` plus the text score, so that
     #: ``defer_reward=True`` is allowed
     deferred_reward_ok: ClassVar[bool] = False
+    #: the task's plain prompt (``prompt_template="plain"``): a format string with ``{prompt}``,
+    #: the sample's prompt
+    plain_prompt: ClassVar[str] = "{prompt}"
+    #: the system message of ``prompt_template="chat"`` (``None``: none, so the chat template's
+    #: default system turn, if it has one)
+    chat_system: ClassVar[str | None] = None
+    #: the user message of ``prompt_template="chat"``: a format string with ``{prompt}``
+    chat_user: ClassVar[str] = "{prompt}"
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
@@ -110,7 +150,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "reward": None,
             "reward_kwargs": {},
             "metrics": [],
-            "prompt_template": "{prompt}",
+            "prompt_template": "plain",
             "max_prompt_tokens": 64,
             "max_new_tokens": 48,
             "truncation": "left",
@@ -126,6 +166,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         **kwargs: Any,
     ) -> None:
         cfg = self.default_config()
+        given = set(config or {}) | set(kwargs)
         for source in (config or {}, kwargs):
             unknown = set(source) - set(cfg)
             if unknown:
@@ -142,16 +183,38 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             )
         self.render_mode = render_mode
 
+        if cfg["truncation"] not in ("left", "error"):
+            raise ValueError(f"truncation must be 'left' or 'error', not {cfg['truncation']!r}.")
+        #: ``"plain"`` or ``"chat"``
+        self.prompt_style = self._check_prompt_template(cfg["prompt_template"])
+        template = cfg["prompt_template"]
+        #: the plain prompt's format string (also ``info["prompt"]`` with ``"chat"``)
+        self.plain_format = template if template not in PROMPT_STYLES else self.plain_prompt
+
+        self.tokenizer = load_tokenizer(cfg["tokenizer"])
+        if self.prompt_style == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"prompt_template='chat' needs a tokenizer with a chat template, and "
+                    f"tokenizer {cfg['tokenizer']!r} has none (a base model's). Use "
+                    "prompt_template='plain' (the default) or a format string with '{prompt}', "
+                    "or an instruct model's tokenizer such as 'smollm2-135m' ('tiny-llama' in "
+                    "tests)."
+                )
+            head = len(self._chat_ids(""))
+            if "max_prompt_tokens" not in given:
+                cfg["max_prompt_tokens"] = int(cfg["max_prompt_tokens"]) + head
+            elif int(cfg["max_prompt_tokens"]) < head:
+                raise ValueError(
+                    f"The chat template of tokenizer {cfg['tokenizer']!r} takes {head} tokens "
+                    f"with an empty task text, more than max_prompt_tokens="
+                    f"{cfg['max_prompt_tokens']}: raise max_prompt_tokens (or leave it at the "
+                    "task's default, which counts the template's tokens)."
+                )
         self.max_prompt_tokens = int(cfg["max_prompt_tokens"])
         self.max_new_tokens = int(cfg["max_new_tokens"])
         if self.max_prompt_tokens < 1 or self.max_new_tokens < 1:
             raise ValueError("max_prompt_tokens and max_new_tokens must be at least 1.")
-        if cfg["truncation"] not in ("left", "error"):
-            raise ValueError(f"truncation must be 'left' or 'error', not {cfg['truncation']!r}.")
-        if "{prompt}" not in cfg["prompt_template"]:
-            raise ValueError("prompt_template must contain '{prompt}'.")
-
-        self.tokenizer = load_tokenizer(cfg["tokenizer"])
         self.vocab_size = len(self.tokenizer)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.pad_token_id = self.tokenizer.pad_token_id
@@ -208,6 +271,25 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         self._started = False
         self._prompt_cache: dict[str, np.ndarray] = {}
 
+    @staticmethod
+    def _check_prompt_template(template: Any) -> str:
+        """The prompt style of a ``prompt_template`` value: ``"plain"`` or ``"chat"``.
+
+        :param template: ``"plain"``, ``"chat"`` or a format string with ``{prompt}``.
+        :raises ValueError: anything else, with the closest style name when there is one.
+        """
+        if template in PROMPT_STYLES:
+            return str(template)
+        if isinstance(template, str) and "{prompt}" in template:
+            return "plain"
+        close = difflib.get_close_matches(str(template).lower(), PROMPT_STYLES, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Unknown prompt_template {template!r}: use 'plain' (base models), 'chat' (the "
+            f"tokenizer's chat template, instruct models) or a format string with '{{prompt}}'."
+            f"{hint}"
+        )
+
     # -- task hooks -------------------------------------------------------------------------------
 
     def load_samples(self) -> list[Sample]:
@@ -229,7 +311,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
         :param text: the decoded generated text (stop token excluded).
         :param sample: the episode's sample.
-        :param prompt: the full prompt text (template applied).
+        :param prompt: the plain prompt text (:meth:`prompt_text`, also with ``"chat"``).
         """
         return self.compute_metrics_batch([text], [sample], [prompt])[0]
 
@@ -242,7 +324,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
         :param texts: the decoded generated texts.
         :param samples: each episode's sample.
-        :param prompts: each episode's full prompt text.
+        :param prompts: each episode's plain prompt text (:meth:`prompt_text`).
         :return: one metrics dict per episode, in order.
         """
         if type(self).compute_metrics is not TextEnv.compute_metrics:
@@ -270,7 +352,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
         :param texts: the decoded generated texts.
         :param samples: each episode's sample.
-        :param prompts: each episode's full prompt text.
+        :param prompts: each episode's plain prompt text (:meth:`prompt_text`).
         :return: ``(score, metrics)`` per episode, in order.
         """
         metrics = self.compute_metrics_batch(texts, samples, prompts)
@@ -307,6 +389,17 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         """
         return False
 
+    def chat_messages(self, prompt: str) -> list[dict[str, str]]:
+        """The messages of ``prompt_template="chat"`` for a sample's prompt: the task's system
+        message (if any) and its user message (:attr:`chat_user` applied to ``prompt``).
+
+        :param prompt: the sample's prompt (the task text).
+        """
+        messages = [{"role": "user", "content": self.chat_user.format(prompt=prompt)}]
+        if self.chat_system is not None:
+            messages.insert(0, {"role": "system", "content": self.chat_system})
+        return messages
+
     def _step_reward(self, token: int, score: float) -> float:
         """The reward of the step that appended ``token`` (override for per-token rewards).
 
@@ -334,6 +427,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         :param seed: seeds ``self.np_random`` (the sample draw).
         :param options: ``{"index": i}`` pins sample ``i`` of the split; ``{"prompt": str,
             "references": [str, ...]}`` uses a given prompt (the template is applied).
+        :return: the observation and ``{"prompt": the plain prompt text, "prompt_tokens": the
+            number of real prompt ids}``.
         """
         super().reset(seed=seed)
         options = options or {}
@@ -359,8 +454,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         else:
             sample = self.draw_sample()
         self._sample = sample
-        self._prompt_text = self.config["prompt_template"].format(prompt=sample.prompt)
-        prompt_ids = self._encode_prompt(self._prompt_text)
+        self._prompt_text = self.prompt_text(sample.prompt)
+        prompt_ids = self.encode_prompt(sample.prompt)
 
         # Right-aligned: the window ends with the prompt; each new token shifts it left by one.
         n = len(prompt_ids)
@@ -468,29 +563,96 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     def _obs(self) -> ObsType:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
-    def _encode_prompt(self, text: str) -> np.ndarray:
-        cached = self._prompt_cache.get(text)
+    def prompt_text(self, prompt: str) -> str:
+        """The plain prompt text of a sample's prompt: ``info["prompt"]`` and the prompt that
+        rewards read, whatever ``prompt_template`` (with ``"chat"``: what ``"plain"`` would show).
+
+        :param prompt: the sample's prompt.
+        """
+        return self.plain_format.format(prompt=prompt)
+
+    def encode_prompt(self, prompt: str, *, warn: bool = True) -> np.ndarray:
+        """The real prompt ids of the observation for a sample's prompt, cut to
+        ``max_prompt_tokens`` as ``truncation`` says (cached per prompt).
+
+        :param prompt: the sample's prompt (before the template).
+        :param warn: warn when the prompt is cut.
+        :raises ValueError: the prompt is too long and ``truncation="error"``.
+        """
+        cached = self._prompt_cache.get(prompt)
         if cached is not None:
             return cached
+        if self.prompt_style == "chat":
+            ids = self._encode_chat(prompt, warn)
+        else:
+            ids = self._encode_plain(self.prompt_text(prompt), warn)
+        arr = np.asarray(ids, dtype=np.int64)
+        if len(self._prompt_cache) < 100_000:
+            self._prompt_cache[prompt] = arr
+        return arr
+
+    def _encode_plain(self, text: str, warn: bool) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
         if not ids:  # GPT-2 needs a token to condition on: start from BOS/EOS
             ids = [self.tokenizer.bos_token_id or self.eos_token_id]
         if len(ids) > self.max_prompt_tokens:
-            if self.config["truncation"] == "error":
-                raise ValueError(
-                    f"Prompt has {len(ids)} tokens, more than max_prompt_tokens="
-                    f"{self.max_prompt_tokens} (truncation='error'): {text[:80]!r}..."
+            self._too_long(len(ids), text)
+            if warn:
+                warnings.warn(
+                    f"Prompt of {len(ids)} tokens cut from the left to max_prompt_tokens="
+                    f"{self.max_prompt_tokens}.",
+                    stacklevel=4,
                 )
-            warnings.warn(
-                f"Prompt of {len(ids)} tokens cut from the left to max_prompt_tokens="
-                f"{self.max_prompt_tokens}.",
-                stacklevel=3,
-            )
             ids = ids[-self.max_prompt_tokens :]
-        arr = np.asarray(ids, dtype=np.int64)
-        if len(self._prompt_cache) < 100_000:
-            self._prompt_cache[text] = arr
-        return arr
+        return list(ids)
+
+    def _chat_ids(self, prompt: str) -> list[int]:
+        """The chat template's ids of :meth:`chat_messages`, ending with the assistant header."""
+        ids = self.tokenizer.apply_chat_template(
+            self.chat_messages(prompt),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        return [int(i) for i in ids]
+
+    def _encode_chat(self, prompt: str, warn: bool) -> list[int]:
+        """The chat template's ids; too long, the task text is cut from the left (the largest
+        suffix of its tokens that fits, found by bisection) so the template stays whole."""
+        ids = self._chat_ids(prompt)
+        if len(ids) <= self.max_prompt_tokens:
+            return ids
+        self._too_long(len(ids), prompt)
+        task_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+
+        def cut(keep: int) -> str:
+            # a cut inside a multi-byte character decodes to U+FFFD: drop it
+            text = self.tokenizer.decode(task_ids[len(task_ids) - keep :]) if keep else ""
+            return text.lstrip("\ufffd").lstrip()
+
+        lo, hi, best = 0, len(task_ids) - 1, self._chat_ids("")  # 0 tokens fit (checked in init)
+        while lo <= hi:  # the largest number of task tokens whose template fits
+            mid = (lo + hi) // 2
+            candidate = self._chat_ids(cut(mid))
+            if len(candidate) <= self.max_prompt_tokens:
+                lo, best = mid + 1, candidate
+            else:
+                hi = mid - 1
+        if warn:
+            warnings.warn(
+                f"Chat prompt of {len(ids)} tokens: the task text cut from the left to "
+                f"{lo - 1} of its {len(task_ids)} tokens to fit max_prompt_tokens="
+                f"{self.max_prompt_tokens} (the chat template kept whole).",
+                stacklevel=4,
+            )
+        return best
+
+    def _too_long(self, n_tokens: int, text: str) -> None:
+        if self.config["truncation"] == "error":
+            raise ValueError(
+                f"Prompt has {n_tokens} tokens, more than max_prompt_tokens="
+                f"{self.max_prompt_tokens} (truncation='error'): {text[:80]!r}..."
+            )
 
     def _check_action(self, action: Any) -> int:
         if isinstance(action, np.ndarray):

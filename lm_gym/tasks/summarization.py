@@ -22,15 +22,24 @@ Episode end
 
 Arguments
     Every :class:`lm_gym.envs.core.TextEnv` option; defaults: ``dataset="stdlib-docstrings"``,
-    ``reward="rougeL"``, ``prompt_template="{prompt}\\nTL;DR:"``, ``max_prompt_tokens=256``,
+    ``reward="rougeL"``, ``prompt_template="plain"``, ``max_prompt_tokens=256``,
     ``max_new_tokens=32``, ``stop_strings=["\\n"]``. Longer documents are cut from the left.
+
+    ``prompt_template="plain"`` (base models such as GPT-2): the document then ``TL;DR:``,
+    ``"{document}\\nTL;DR:"``. ``prompt_template="chat"`` (instruct models such as
+    ``smollm2-135m``): the tokenizer's chat template with the system message ``"You are a helpful
+    assistant that writes short summaries."`` and the user message ``"Summarise the following text
+    in one sentence.\\n\\n{document}"``; ``max_prompt_tokens`` then defaults to 256 plus the
+    template's own tokens, and a long document is cut from the left inside the user message.
+    SmolLM2-135M-Instruct answers the plain prompt with a newline at once: use ``"chat"``.
 
 Registered ids
     ``LMSummarize-v0`` (offline), ``LMSummarizeCNN-v0`` (online, ``cnn_dailymail`` 3.0.0, 512
     prompt tokens, 64 new), ``LMSummarizeXSum-v0`` (online, ``xsum``, 512 prompt tokens).
 
 Version history
-    v0: first release.
+    v0: first release; ``prompt_template="chat"`` added later (the default, ``"plain"``, is the
+    first release's prompt).
 """
 
 from __future__ import annotations
@@ -43,6 +52,10 @@ from lm_gym.envs.core import TextEnv
 class SummarizationEnv(TextEnv):
     """Summarise the prompt's document; the reward is ROUGE-L against the reference summary."""
 
+    plain_prompt = "{prompt}\nTL;DR:"
+    chat_system = "You are a helpful assistant that writes short summaries."
+    chat_user = "Summarise the following text in one sentence.\n\n{prompt}"
+
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         cfg = super().default_config()
@@ -50,7 +63,6 @@ class SummarizationEnv(TextEnv):
             dataset="stdlib-docstrings",
             reward="rougeL",
             metrics=["rouge1", "rouge2", "rougeLsum"],
-            prompt_template="{prompt}\nTL;DR:",
             max_prompt_tokens=256,
             max_new_tokens=32,
             stop_strings=["\n"],

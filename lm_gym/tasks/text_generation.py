@@ -23,14 +23,23 @@ Episode end
 
 Arguments
     Every :class:`lm_gym.envs.core.TextEnv` option; defaults: ``dataset="movie-reviews"``,
-    ``reward="sentiment"``, ``max_prompt_tokens=32``, ``max_new_tokens=48``.
+    ``reward="sentiment"``, ``prompt_template="plain"``, ``max_prompt_tokens=32``,
+    ``max_new_tokens=48``.
+
+    ``prompt_template="plain"`` (base models such as GPT-2): the opening alone, which the model
+    continues. ``prompt_template="chat"`` (instruct models such as ``smollm2-135m``): the
+    tokenizer's chat template with the system message ``"You write short movie reviews."`` and the
+    user message ``"Continue this movie review positively:\\n\\n{opening}"``, so the reply is a
+    continuation written on request (it need not pick up mid-sentence); ``max_prompt_tokens`` then
+    defaults to 32 plus the template's own tokens.
 
 Registered ids
     ``LMText-v0`` (offline), ``LMTextIMDB-v0`` (online: ``imdb`` through ``datasets``, reward
     ``sentiment-classifier`` with ``lvwerra/distilbert-imdb``).
 
 Version history
-    v0: first release.
+    v0: first release; ``prompt_template="chat"`` added later (the default, ``"plain"``, is the
+    first release's prompt).
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ from lm_gym.envs.core import TextEnv
 
 class TextGenerationEnv(TextEnv):
     """Continue a review opening; the reward is the sentiment of the continuation."""
+
+    chat_system = "You write short movie reviews."
+    chat_user = "Continue this movie review positively:\n\n{prompt}"
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:

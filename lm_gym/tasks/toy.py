@@ -62,6 +62,8 @@ Arguments
     ``reward_kwargs={"word_rewards": {"v1": 1.0, "v2": 2.0}}``. ``LMWordSort-v0`` adds ``words``
     (``["ant", "bee", "cat", "dog"]``) and ``length`` (3). Any tokenizer works as long as every
     context and word is a single token of it (the exact solvers need a small vocabulary).
+    ``prompt_template`` is ``"plain"`` (the prompt is the context or the words, as they are):
+    the word-level tokenizers have no chat template, so ``"chat"`` is a ``ValueError``.
 
 Registered ids
     ``LMToy-v0``, ``LMWordSort-v0``.

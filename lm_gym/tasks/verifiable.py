@@ -35,11 +35,19 @@ Arguments
     ``letters`` (``"bcdmpst"``) and takes the words for a full score as
     ``reward_kwargs={"target": 4}``.
 
+    The prompt is the instruction itself, so ``prompt_template="plain"`` (the default; base
+    models such as GPT-2, and the tiny policies trained from scratch) shows it as it is, and
+    ``prompt_template="chat"`` (instruct models such as ``smollm2-135m``) puts it in the user
+    message of the tokenizer's chat template after the system message ``"Answer on one line,
+    with the answer only."``; ``max_prompt_tokens`` then defaults to 16 plus the template's own
+    tokens. The scorers read the instruction from ``info["prompt"]``, the same in both.
+
 Registered ids
     ``LMCountUp-v0``, ``LMAlliteration-v0``.
 
 Version history
-    v0: first release.
+    v0: first release; ``prompt_template="chat"`` added later (the default, ``"plain"``, is the
+    first release's prompt).
 """
 
 from __future__ import annotations
@@ -114,13 +122,14 @@ register_scorer("alliteration", AlliterationScorer, overwrite=True)
 class CountUpEnv(TextEnv):
     """Write ``target`` increasing numbers above a drawn start."""
 
+    chat_system = "Answer on one line, with the answer only."
+
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         cfg = super().default_config()
         cfg.update(
             reward="count-up",
             metrics=[],
-            prompt_template="{prompt}",
             max_prompt_tokens=16,
             max_new_tokens=12,
             target=5,
@@ -136,6 +145,8 @@ class CountUpEnv(TextEnv):
 
 class AlliterationEnv(TextEnv):
     """Write words that all start with a drawn letter."""
+
+    chat_system = "Answer on one line, with the answer only."
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
