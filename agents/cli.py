@@ -191,7 +191,7 @@ def _reference_of(config: Any) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a run's agent on a split and write ``eval_<split>.json``."""
+    """Evaluate a run's agent on a split, ``--n-envs`` episodes at once; write the JSON."""
     from agents.evaluation import evaluate_agent
     from agents.training import load_run
 
@@ -204,12 +204,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         deterministic=not args.stochastic,
         reference=reference,
+        n_envs=args.n_envs,
+        progress=not args.no_progress,
     )
     summary = result.summary()
     out_file = Path(args.run) / f"eval_{args.split}.json"
     out_file.write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     print(f"{config.agent} on {config.env_id}, {args.split} split, reference LM {reference}:")
     print(_table([(k, _fmt(v)) for k, v in summary.items()], ["metric", "value"]))
+    if reference is None:
+        print("perplexity and kl: not computed (--no-reference)")
+    elif "kl" not in summary:
+        print("kl: not computed (the agent gives no action_log_probs)")
     for episode in result.episodes[: args.show]:
         print(f"\n[{episode.reward:.4g}] {episode.prompt!r}\n  -> {episode.text!r}")
     print(f"\nwritten to {out_file}")
@@ -317,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stochastic", action="store_true", help="predict(deterministic=False)")
     p.add_argument("--reference", help="reference LM for perplexity and KL")
     p.add_argument("--no-reference", action="store_true", help="skip perplexity and KL")
+    p.add_argument(
+        "--n-envs", type=int, default=8, help="episodes played at once, one batched predict (8)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--show", type=int, default=3, help="episodes to print")
     p.set_defaults(func=cmd_eval)
 

@@ -5,9 +5,10 @@ Every (agent, env id, seed) is a training run folder (:func:`agents.training.tra
 (:func:`agents.evaluation.evaluate_agent`). The tables have RL Zoo's columns (algo, env_id,
 mean_reward, std_reward, n_timesteps, eval_episodes), then each task's metrics (sentiment, chrF,
 BLEU, ROUGE, ...), the perplexity of the outputs under the reference LM (the agent's starting
-model), the KL of the policy to it, corpus distinct-1/2, wall time and tokens per second. For envs
-with an exact solution (``LMToy-v0``, ``LMWordSort-v0``), ``optimum`` is the mean return as a
-fraction of the exact optimal return (:func:`agents.mdp.optimal_return`).
+model), the KL of the policy to it, ``corpus_distinct-1``/``-2`` (distinct n-grams of all the texts
+pooled; a task's own ``distinct-1`` column is the per-text score averaged), wall time and tokens per
+second. For envs with an exact solution (``LMToy-v0``, ``LMWordSort-v0``), ``optimum`` is the mean
+return as a fraction of the exact optimal return (:func:`agents.mdp.optimal_return`).
 
 Usage::
 
@@ -87,8 +88,8 @@ RL_ZOO_COLUMNS = ("algo", "env_id", "mean_reward", "std_reward", "n_timesteps", 
 LM_COLUMNS = (
     "perplexity",
     "kl",
-    "distinct-1",
-    "distinct-2",
+    "corpus_distinct-1",
+    "corpus_distinct-2",
     "optimum",
     "wall_time_s",
     "train_tokens_per_s",

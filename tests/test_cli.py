@@ -155,10 +155,16 @@ def test_train_interrupt_resume_eval_generate(capsys, tmp_path: Path, monkeypatc
     )
     assert code == 0 and "trained to step 128" in stdout
 
-    code, stdout, _ = run(capsys, "eval", str(out), "--episodes", "3")
+    code, stdout, _ = run(capsys, "eval", str(out), "--episodes", "3", "--n-envs", "2")
     assert code == 0 and "mean_reward" in stdout and "perplexity" in stdout
     result = json.loads((out / "eval_test.json").read_text())
     assert result["summary"]["eval_episodes"] == 3 and len(result["episodes"]) == 3
+    code, stdout, _ = run(
+        capsys, "eval", str(out), "--episodes", "2", "--no-reference", "--no-progress"
+    )
+    assert code == 0 and "perplexity and kl: not computed (--no-reference)" in stdout
+    summary = json.loads((out / "eval_test.json").read_text())["summary"]
+    assert "perplexity" not in summary and "kl" not in summary
 
     prompt = "x1" if ENV == "LMToy-v0" else "Write 5 increasing numbers, starting above 7:"
     code, stdout, _ = run(capsys, "generate", str(out), "--prompt", prompt)
@@ -247,7 +253,7 @@ def test_bench_writes_tables_and_curves(capsys, tmp_path: Path) -> None:
     assert code == 0
     header = "| algo | env_id | mean_reward | std_reward | n_timesteps | eval_episodes |"
     md = (tmp_path / "bench" / "results.md").read_text()
-    assert header in md and "perplexity" in md and "distinct-1" in md
+    assert header in md and "perplexity" in md and "corpus_distinct-1" in md
     rows = list(csv.DictReader((tmp_path / "bench" / "results.csv").open()))
     assert {r["algo"] for r in rows} == {"random", "tabular-q"}
     data = json.loads((tmp_path / "bench" / "results.json").read_text())

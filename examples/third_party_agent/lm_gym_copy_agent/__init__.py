@@ -19,9 +19,10 @@ __all__ = ["CopyPromptAgent", "make_copy_agent"]
 class CopyPromptAgent:
     """Write the prompt's tokens again, then the EOS token.
 
-    The agent sees only observations. It recognises the next step of an episode as the previous
-    observation plus the token it chose; any other observation starts a new episode whose prompt is
-    the observation's real tokens.
+    The agent sees only observations. It recognises the next step of an episode as an observation
+    it acted on plus the token it chose; any other observation starts a new episode whose prompt is
+    the observation's real tokens. It keeps that per context, not per call, so a batch of
+    observations from several episodes at once (a vectorised evaluation) is acted on correctly.
 
     :param env: an lm-gym env (its ``eos_token_id`` ends the copy).
     :param max_tokens: copy at most this many prompt tokens (``None``: all), counted from the end
@@ -43,9 +44,8 @@ class CopyPromptAgent:
         self.from_end = bool(from_end)
         self.seed = seed
         self.num_timesteps = 0
-        self._last: tuple[int, ...] | None = None
-        self._prompt: tuple[int, ...] = ()
-        self._written = 0
+        #: context after an action of this agent -> (the prompt being copied, tokens written)
+        self._next: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}
 
     def learn(self, total_timesteps: int, callback: Any = None) -> CopyPromptAgent:
         """Nothing to learn."""
@@ -55,15 +55,18 @@ class CopyPromptAgent:
 
     def _act(self, ids: np.ndarray, mask: np.ndarray) -> int:
         context = tuple(int(i) for i in ids[mask > 0.5])
-        if self._last is None or context[:-1] != self._last or len(context) != len(self._last) + 1:
+        state = self._next.get(context)
+        if state is None:  # a new episode
             prompt = context
             if self.max_tokens is not None:
                 prompt = prompt[-self.max_tokens :] if self.from_end else prompt[: self.max_tokens]
-            self._prompt, self._written = prompt, 0
-        action = self._prompt[self._written] if self._written < len(self._prompt) else self.eos
-        self._written += 1
-        self._last = context
-        return int(action)
+            state = (prompt, 0)
+        prompt, written = state
+        action = int(prompt[written]) if written < len(prompt) else self.eos
+        if len(self._next) > 100_000:
+            self._next.clear()
+        self._next[(*context, action)] = (prompt, written + 1)
+        return action
 
     def predict(
         self,
