@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +58,10 @@ def test_vs_trl_quick(bench, capsys) -> None:
     assert result["lm_gym_tok_s"] > 0 and result["trl_tok_s"] > 0
     assert result["lm_gym_peak"].peak_mib > 0 and result["trl_peak"].peak_mib > 0
     assert "lm-gym / TRL" in capsys.readouterr().out
+
+
+def test_eval_speed_quick(bench, capsys) -> None:
+    out = bench.import_module("eval_speed").main(QUICK)
+    assert out["one"]["tokens"] > 0 and out["batched"]["n_envs"] == 2
+    assert out["speedup"]["total"] > 0 and math.isfinite(out["one"]["perplexity"])
+    assert "speed-up of n_envs=2" in capsys.readouterr().out
