@@ -183,7 +183,8 @@ def _shared_parts(env: gym.Env) -> dict[int, Any]:
     shared += list((getattr(inner, "metric_scorers", None) or {}).values())
     level: Any = env
     while True:
-        shared += [v for v in vars(level).values() if isinstance(v, torch.nn.Module)]
+        attrs = getattr(level, "__dict__", {})
+        shared += [v for v in attrs.values() if isinstance(v, torch.nn.Module)]
         if not isinstance(level, gym.Wrapper):
             break
         level = level.env
