@@ -51,8 +51,8 @@ COLUMNS = (
     ("perplexity", "perplexity"),
     ("ppl_ratio", "ppl / start"),
     ("kl", "KL / episode"),
-    ("distinct-1", "distinct-1"),
-    ("distinct-2", "distinct-2"),
+    ("corpus_distinct-1", "distinct-1"),
+    ("corpus_distinct-2", "distinct-2"),
     ("mean_length", "length"),
     ("eval_episodes", "episodes"),
 )
@@ -114,6 +114,8 @@ def evaluate(agent: Any, config: Any, args: argparse.Namespace) -> dict[str, Any
                 split=split,
                 deterministic=False,
                 reference=config.hyperparams.get("model", args.model),
+                n_envs=8,
+                progress=not args.no_progress,
             )
             episodes.extend(result.episodes)
             act_time += result.act_time
