@@ -21,6 +21,7 @@ _EXPORTS = {
     "GPT2DQNPolicy": "agents.policies",
     "KLPenaltyVecEnv": "agents.kl",
     "KLPenaltyCallback": "agents.kl",
+    "TerminalAtBudgetVecEnv": "agents.budget",
     "NLPORolloutBuffer": "agents.nlpo",
     "NLPOMaskUpdateCallback": "agents.nlpo",
     "NLPOActionMaskWrapper": "agents.nlpo",

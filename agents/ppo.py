@@ -34,10 +34,19 @@ each of its transitions. SB3's random minibatches touch most episodes of the buf
 grows with the minibatch size; ``episode_minibatches=True`` draws minibatches of whole episodes
 instead (as TRL and RL4LMs do), so that each episode runs once per epoch.
 
-Rollouts are SB3's loop too, with one change: the value bootstraps of truncated episodes (SB3
-calls ``predict_values`` once per truncated env, a batch-1 full-window forward that also resets
-the policy's batched KV cache) are made in one batched call through the KV cache
-(:meth:`EpisodePPO.truncation_values`).
+Rollouts are SB3's loop too, with two changes to its value bootstraps of truncated episodes
+(SB3 adds ``gamma * V(terminal_observation)`` to the last reward of every truncated episode):
+
+* An episode that reached its token budget (``max_new_tokens``: lm-gym's envs say so in
+  ``info["token_budget_reached"]``) is not bootstrapped: the budget is part of the task, the text
+  has just been scored, and the state reached is terminal with value 0 (:mod:`agents.budget`).
+  The return target is then the task reward alone, and the rollout saves the extra value forward
+  (1.7% of the rollout's CPU time with ``gpt2-6l-384``, 8 envs x 48 tokens on ``LMText-v0``; 16%
+  on ``LMCountUp-v0`` with 12 tokens and episodes of mixed lengths). Other truncations (a
+  user's ``TimeLimit``) are bootstrapped; ``bootstrap_at_budget=True`` restores SB3's behaviour.
+* The bootstraps that remain are made in one batched call through the KV cache
+  (:meth:`EpisodePPO.truncation_values`) instead of SB3's ``predict_values`` per truncated env (a
+  batch-1 full-window forward that also resets the policy's batched KV cache).
 
 Usage (any policy built on :class:`agents.network.CausalLMActorCritic`)::
 
@@ -65,6 +74,7 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from agents.budget import TerminalAtBudgetVecEnv, bootstraps
 from agents.network import CausalLMActorCritic, left_padded_rows, pack_real_tokens
 from agents.policies import LMActorCriticPolicy
 
@@ -310,6 +320,10 @@ class EpisodePPO(PPO):
         as sequence-level LM trainers (TRL, RL4LMs) do: each segment is then run once per epoch
         instead of once per minibatch that touches it. Not SB3's minibatch composition, so off
         by default; with one minibatch (``batch_size >= n_steps * n_envs``) both are the same.
+    :param bootstrap_at_budget: bootstrap the value of an episode that reached its token budget
+        (``info["token_budget_reached"]``) as SB3 does after a time limit. ``False`` (default):
+        that state is terminal (see the module docstring); other truncations are bootstrapped
+        either way.
     :param kwargs: keyword arguments of :class:`stable_baselines3.PPO`.
     """
 
@@ -318,22 +332,27 @@ class EpisodePPO(PPO):
         *args: Any,
         episode_eval: bool = True,
         episode_minibatches: bool = False,
+        bootstrap_at_budget: bool = False,
         **kwargs: Any,
     ) -> None:
         self.episode_eval = bool(episode_eval)
         self.episode_minibatches = bool(episode_minibatches)
+        self.bootstrap_at_budget = bool(bootstrap_at_budget)
+        self._budget_env: TerminalAtBudgetVecEnv | None = None
         #: the episode index of the last update (``None``: stock evaluation)
         self.last_episode_index: EpisodeIndex | None = None
         self._warned_stock = False
         super().__init__(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "last_episode_index"]
+        return [*super()._excluded_save_params(), "last_episode_index", "_budget_env"]
 
     # -- rollouts: SB3's collect_rollouts with batched truncation bootstraps ---------------------
 
     def truncation_values(self, infos: list[dict[str, Any]], dones: np.ndarray) -> dict[int, float]:
-        """Values of the terminal observations of the envs whose episode was truncated this step.
+        """Values of the terminal observations of the envs whose episode was truncated this step,
+        by a time limit or, with ``bootstrap_at_budget``, by the token budget
+        (:func:`agents.budget.bootstraps`).
 
         SB3 bootstraps each truncated episode with its own ``predict_values`` call (batch 1: a
         full-window forward each, which also invalidates a batched KV cache). Here one call
@@ -349,9 +368,7 @@ class EpisodePPO(PPO):
         envs = [
             i
             for i, done in enumerate(dones)
-            if done
-            and infos[i].get("terminal_observation") is not None
-            and infos[i].get("TimeLimit.truncated", False)
+            if bootstraps(infos[i], bool(done), self.bootstrap_at_budget)
         ]
         if not envs:
             return {}
@@ -378,7 +395,8 @@ class EpisodePPO(PPO):
         n_rollout_steps: int,
     ) -> bool:
         """SB3's ``OnPolicyAlgorithm.collect_rollouts``; with the LM policy the truncated
-        episodes of a step are bootstrapped in one batched call (:meth:`truncation_values`).
+        episodes of a step are bootstrapped in one batched call (:meth:`truncation_values`), and
+        with any policy, unless ``bootstrap_at_budget``, not at the token budget.
 
         :param env: the training environment.
         :param callback: called at each step and at the start and end of the rollout.
@@ -387,6 +405,10 @@ class EpisodePPO(PPO):
         :return: ``False`` if a callback stopped the rollout early.
         """
         if find_network(self.policy) is None or not isinstance(self._last_obs, dict):
+            if not self.bootstrap_at_budget:
+                if self._budget_env is None or self._budget_env.venv is not env:
+                    self._budget_env = TerminalAtBudgetVecEnv(env)
+                env = self._budget_env
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         assert self._last_obs is not None, "No previous observation was provided"
         # Switch to eval mode (this affects batch norm / dropout)

@@ -25,7 +25,10 @@ the model is first fine-tuned on the task's references, RL4LMs' supervised + RL)
 pretrained one (SB3's 3e-4 is far above LM fine-tuning practice). The SB3 agents take every option of
 their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL
 penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
-:class:`agents.kl.KLPenaltyVecEnv`; ``lm-gym train --resume`` continues its adaptive coefficient). The
+:class:`agents.kl.KLPenaltyVecEnv`; ``lm-gym train --resume`` continues its adaptive coefficient). An
+episode that reaches the env's token budget ends in a terminal state for every SB3 agent: no
+``gamma * V`` bootstrap as after a time limit (:mod:`agents.budget`; ``bootstrap_at_budget=True``
+restores SB3's behaviour). The
 GPT-2 policies are imported inside the factories, so this module imports without them.
 
 Tabular agents act over a restricted action set on GPT-2-vocabulary envs: ``actions="auto"`` takes
@@ -473,6 +476,7 @@ SB3_COMMON_OPTIONS = (
     "kl_horizon",
     "kl_min_coef",
     "n_envs",
+    "bootstrap_at_budget",
     "warm_start",
     "device",
     "seed",
@@ -525,6 +529,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         kl_horizon: int = 10_000,
         kl_min_coef: float = 0.0,
         n_envs: int = 1,
+        bootstrap_at_budget: bool = False,
         warm_start: bool | Mapping[str, Any] | None = None,
         device: str = "auto",
         seed: int | None = None,
@@ -544,6 +549,12 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         if name == "nlpo" and "nlpo_top_p" in extra:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
         venv = _vec_env(env, int(n_envs))
+        if name == "ppo":  # EpisodePPO decides it itself
+            algo_kwargs["bootstrap_at_budget"] = bool(bootstrap_at_budget)
+        elif not bootstrap_at_budget:
+            from agents.budget import TerminalAtBudgetVecEnv
+
+            venv = TerminalAtBudgetVecEnv(venv)
         callbacks: list[Any] = []
         if kl_coef > 0 or kl_target is not None:
             from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv

@@ -9,9 +9,11 @@ alternately, ``--repeats`` times each (the full recompute ``--full-repeats`` tim
 * EpisodePPO rollout, KV cache: lm-gym's PPO (:class:`agents.ppo.EpisodePPO`): SB3's rollout loop
   (one step per token: policy forward, env step, reward at episode end, rollout buffer) with
   :class:`agents.policies.LMActorCriticPolicy` keeping each env's ``past_key_values`` across
-  steps, and the truncated episodes' value bootstraps batched through that cache.
+  steps. At the token budget it bootstraps no value (the state is terminal, :mod:`agents.budget`);
+  with ``--bootstrap-at-budget`` it does, as SB3 does, batched through that cache: the difference
+  between the two runs is what the bootstraps cost.
 * SB3 PPO rollout, KV cache: the same policy under stock ``PPO.collect_rollouts`` (one batch-1,
-  full-window ``predict_values`` per truncated episode).
+  full-window ``predict_values`` per truncated episode, the budget's included).
 * SB3 PPO rollout, no cache: the same policy with its cache switched off (``policy.kv_cache =
   None``): the whole window through GPT-2 at every token.
 
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/rollout_speed.py                 # gpt2-6l-384, LMText-v0, 8 envs x 48
     python benchmarks/rollout_speed.py --model tiny-gpt2 --device cuda
     python benchmarks/rollout_speed.py --quick         # smoke run
+    python benchmarks/rollout_speed.py --bootstrap-at-budget  # EpisodePPO bootstraps at the budget
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
     parser.add_argument(
         "--full-repeats", type=int, default=1, help="timed runs of the full-recompute rollout"
+    )
+    parser.add_argument(
+        "--bootstrap-at-budget",
+        action="store_true",
+        help="EpisodePPO bootstraps V(s_T) at the token budget (SB3's behaviour)",
     )
     quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6, "repeats": 2}
     return parse_bench_args(parser, argv, quick)
@@ -101,7 +109,7 @@ def generate_batch(lm: Any, obs: dict[str, Any], new_tokens: int, device: torch.
 
 class Breakdown:
     """Wall time spent inside the policy's ``forward`` (one call per step), ``predict_values``
-    (SB3's value bootstraps: one batch-1 call per truncated episode, one at the rollout's end)
+    (value bootstraps of truncated episodes, if any, and the value at the rollout's end)
     and the vector env's ``step``, measured by wrapping those methods on the instances.
 
     :param policy: the SB3 policy.
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device, model = setup_ppo(
         args, n_steps=args.new_tokens, batch_size=args.n_envs * args.new_tokens, n_epochs=1
     )
+    model.bootstrap_at_budget = args.bootstrap_at_budget
     policy = model.policy
     cache = policy.kv_cache
     if cache is None:
@@ -213,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_header("rollout_speed: sampled tokens/s, SB3 rollout with the GPT-2 policy vs generate()")
     print(
         f"model {args.model}, {args.env}, {args.n_envs} envs x {args.new_tokens} new tokens "
-        f"(window {window}), device {device}"
+        f"(window {window}), device {device}; EpisodePPO bootstraps at the token budget: "
+        f"{'yes' if args.bootstrap_at_budget else 'no'}"
     )
     labels = {
         "generate": "HF generate() (KV cache)",

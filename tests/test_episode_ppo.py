@@ -231,10 +231,12 @@ def test_episode_minibatches_hold_whole_segments(rollouts) -> None:
 
 
 def test_collect_rollouts_equals_stock(tiny_lm: str) -> None:
-    """EpisodePPO's rollout (batched truncation bootstraps through the KV cache) fills the buffer
-    as SB3's collect_rollouts does: same actions, and rewards, values, log-probs and returns equal
-    within float tolerance; the batched bootstrap did run."""
-    fast, stock = _make_model(EpisodePPO, lm=tiny_lm), _make_model(PPO, lm=tiny_lm)
+    """EpisodePPO's rollout with ``bootstrap_at_budget=True`` (batched truncation bootstraps
+    through the KV cache) fills the buffer as SB3's collect_rollouts does: same actions, and
+    rewards, values, log-probs and returns equal within float tolerance; the batched bootstrap
+    did run. (The default, no bootstrap at the budget, is tested in tests/test_budget.py.)"""
+    fast = _make_model(EpisodePPO, lm=tiny_lm, bootstrap_at_budget=True)
+    stock = _make_model(PPO, lm=tiny_lm)
     stock.policy.load_state_dict(fast.policy.state_dict())
     calls = []
     inner = fast.truncation_values

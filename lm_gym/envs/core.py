@@ -9,6 +9,13 @@ a stop token (EOS by default, or any token containing one of the task's stop str
 truncated after ``max_new_tokens`` tokens. The task reward scores the decoded text once, at the
 end of the episode: intermediate rewards are 0.0.
 
+The token budget is part of the task, not a time limit put on it: the episode's last ``info``
+holds ``info["token_budget_reached"]`` (:data:`TOKEN_BUDGET_KEY`), ``True`` when the episode used
+all ``max_new_tokens`` tokens. Such a truncation ends the MDP: the text has been scored and no
+further reward can come, so the value of the state reached is 0 and an agent should not bootstrap
+``V(s_T)`` there as it does after a time limit (:mod:`agents.budget`). An episode cut earlier by
+anything else (a ``TimeLimit`` wrapper, for instance) has the flag ``False`` or no flag at all.
+
 Text is decoded only at episode end (and in :meth:`TextEnv.render`), never per step.
 """
 
@@ -30,6 +37,10 @@ from lm_gym.models import load_tokenizer
 from lm_gym.rewards import Scorer, shared_scorer
 
 ObsType = dict[str, np.ndarray]
+
+#: key of the episode-end ``info``: whether the episode used its whole token budget
+#: (``max_new_tokens``), which makes the state reached terminal (see the module docstring)
+TOKEN_BUDGET_KEY = "token_budget_reached"
 
 #: the named prompt styles of ``prompt_template`` (any other value is a format string with
 #: ``{prompt}``, a plain prompt of one's own)
@@ -103,7 +114,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         ``prompt_template="chat"`` and P left at the task's default, P grows by the chat
         template's own tokens (the template with an empty task text), so the task text keeps the
         plain prompt's budget; a P that is given is the window as it stands.
-    :param max_new_tokens: T, the episode's token budget (truncation after T steps).
+    :param max_new_tokens: T, the episode's token budget (truncation after T steps, with
+        ``info["token_budget_reached"] = True``: a terminal state, see the module docstring).
     :param truncation: a prompt longer than P is cut from the left with a warning (``"left"``) or
         refused with a ``ValueError`` (``"error"``). With ``prompt_template="chat"`` only the
         task text (the sample's prompt inside the user message) is cut, from the left, so the
@@ -510,6 +522,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "references": list(self._sample.references),
             "metrics": metrics,
             "num_new_tokens": len(self._generated),
+            TOKEN_BUDGET_KEY: len(self._generated) >= self.max_new_tokens,
         }
         reward = self._step_reward(self._generated[-1], float(metrics[self.reward_name]))
         return reward, bool(terminated), bool(truncated), info
@@ -533,6 +546,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "prompt": self._prompt_text,
             "references": list(self._sample.references),
             "num_new_tokens": len(self._generated),
+            TOKEN_BUDGET_KEY: len(self._generated) >= self.max_new_tokens,
             "reward_deferred": True,
             "deferred_sample": self._sample,
             "score_group": self.score_group,
