@@ -87,7 +87,7 @@ def test_tiny_llama_is_a_seeded_llama_with_its_own_vocabulary() -> None:
 
 
 def test_env_kwargs_follow_the_model() -> None:
-    assert default_tokenizer("LMText-v0") == "gpt2"
+    assert default_tokenizer("LMText-v0") == "gpt2" == default_tokenizer("lm_gym:LMText-v0")
     assert env_kwargs_for_model("LMText-v0", "tiny-gpt2") == {}
     assert env_kwargs_for_model("LMText-v0", "tiny-llama", {"max_new_tokens": 4}) == {
         "max_new_tokens": 4,
@@ -100,6 +100,7 @@ def test_env_kwargs_follow_the_model() -> None:
     assert default_tokenizer("LMWordSort-v0") != "gpt2"
     assert env_kwargs_for_model("LMWordSort-v0", "tiny-llama") == {}
     assert env_kwargs_for_model("LMText-v0", None) == {}
+    assert env_kwargs_for_model("lm_gym:LMText-v0", "tiny-llama") == {"tokenizer": "tiny-llama"}
 
 
 def test_run_config_gives_the_env_the_models_tokenizer() -> None:

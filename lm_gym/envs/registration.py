@@ -135,6 +135,11 @@ def default_tokenizer(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
     :param env_kwargs: keyword arguments of ``gymnasium.make``.
     :raises gymnasium.error.Error: the id is not registered.
     """
+    if ":" in env_id:  # "module:EnvId", as gymnasium.make accepts: the module registers the id
+        import importlib
+
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
     spec = gym.spec(env_id)
     kwargs = {**spec.kwargs, **(env_kwargs or {})}
     if "tokenizer" in kwargs:
