@@ -126,45 +126,43 @@ def evaluate(agent: Any, config: Any, args: argparse.Namespace) -> dict[str, Any
 
 
 def read_curve(run_dir: Path) -> dict[str, list[float]]:
-    """Training episode rewards (the Monitor file) and the logged KL per episode, if any."""
+    """Per rollout, from the run's ``tb/progress.csv``: the mean task reward of the episodes that
+    ended in it (``rollout/task_reward``, before any KL penalty; ``rollout/ep_rew_mean`` when no
+    KL is logged) and the mean KL per episode (``rollout/kl``), against env steps of all envs."""
     import csv
 
     curve: dict[str, list[float]] = {"steps": [], "reward": [], "kl_steps": [], "kl": []}
-    monitor = run_dir / "train.monitor.csv"
-    if monitor.exists():
-        steps = 0
-        with monitor.open(encoding="utf-8") as f:
-            next(f)  # the Monitor's JSON header line
-            for row in csv.DictReader(f):
-                steps += int(row["l"])
-                curve["steps"].append(steps)
-                curve["reward"].append(float(row["r"]))
     progress = run_dir / "tb" / "progress.csv"
-    if progress.exists():
-        with progress.open(encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                kl, step = row.get("rollout/kl", ""), row.get("time/total_timesteps", "")
-                if kl and step:
-                    curve["kl_steps"].append(float(step))
-                    curve["kl"].append(float(kl))
+    if not progress.exists():
+        return curve
+    with progress.open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            step = row.get("time/total_timesteps", "")
+            reward = row.get("rollout/task_reward") or row.get("rollout/ep_rew_mean", "")
+            if step and reward:
+                curve["steps"].append(float(step))
+                curve["reward"].append(float(reward))
+            if step and row.get("rollout/kl"):
+                curve["kl_steps"].append(float(step))
+                curve["kl"].append(float(row["rollout/kl"]))
     return curve
 
 
-def plot_curve(curve: dict[str, list[float]], before: float, title: str, path: Path) -> None:
-    """Training reward (rolling mean of 50 episodes) and KL per episode against env steps."""
+def plot_curve(
+    curve: dict[str, list[float]], before: float, after: float, title: str, path: Path
+) -> None:
+    """Training task reward and KL per episode (per rollout) against env steps, with the held-out
+    rewards before and after training."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if curve["reward"]:
-        rewards = np.asarray(curve["reward"])
-        window = min(50, len(rewards))
-        smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
-        ax.plot(curve["steps"][window - 1 :], smooth, label=f"training reward ({window}-ep. mean)")
-    ax.axhline(before, color="grey", ls="--", label="start (held-out eval)")
+        ax.plot(curve["steps"], curve["reward"], label="training task reward (per rollout)")
+    ax.axhline(before, color="grey", ls="--", label="held-out eval, start")
+    ax.axhline(after, color="black", ls=":", label="held-out eval, trained")
     ax.set_xlabel("env steps (tokens)")
     ax.set_ylabel("episode reward")
     if curve["kl"]:
@@ -172,7 +170,7 @@ def plot_curve(curve: dict[str, list[float]], before: float, title: str, path: P
         ax2.plot(curve["kl_steps"], curve["kl"], color="tab:red", alpha=0.6, label="KL / episode")
         ax2.set_ylabel("KL to the start (nats / episode)")
         ax2.legend(loc="lower right")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -288,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_curve(
         read_curve(run_dir),
         before["summary"]["mean_reward"],
+        after["summary"]["mean_reward"],
         f"{config.agent} on {config.env_id}, {args.model}",
         out / "learning_curve.png",
     )
