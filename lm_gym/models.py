@@ -444,7 +444,7 @@ def register_tokenizer(
     :param overwrite: replace an existing registration.
     :raises ValueError: the name is taken (or is a built-in model name) and ``overwrite`` is false.
     """
-    if not overwrite and (name in _TOKENIZER_FACTORIES or name in BUILTIN_LMS):
+    if not overwrite and (name in _TOKENIZER_FACTORIES or name in builtin_model_names()):
         raise ValueError(f"Tokenizer name {name!r} is already registered.")
     _TOKENIZER_FACTORIES[name] = factory
     load_tokenizer.cache_clear()
