@@ -277,7 +277,7 @@ def resolve_run_config(
     spec = agent_spec(agent)
     merged: dict[str, Any] = {}
     if use_builtin:
-        # the model decides the per-model recipe section: the last source that names it wins
+        # the model decides the per-model recipe section: --model, else --set, else the file
         chosen = model
         for source in (overrides or {}, file_values):
             if chosen is None and isinstance(source.get("model"), str):
