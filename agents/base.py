@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -200,20 +199,12 @@ def model_for_env(model: str, env: gym.Env) -> str:
             f"built-in name ({', '.join(sorted(BUILTIN_LMS))}), built with the env's vocabulary, "
             "or a model whose tokenizer is the env's."
         )
-    from lm_gym.data import cache_dir
-    from lm_gym.models import load_causal_lm
+    from lm_gym.data.cache import cache_root
+    from lm_gym.models import load_causal_lm, write_folder_atomically
 
-    folder = cache_dir().parent / "models" / f"{model}-vocab{vocab}"
+    folder = cache_root() / "models" / f"{model}-vocab{vocab}"
     if not (folder / "config.json").exists():
-        lm = load_causal_lm(model, vocab_size=vocab)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        lm.save_pretrained(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process won the race
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_folder_atomically(folder, load_causal_lm(model, vocab_size=vocab).save_pretrained)
     return str(folder)
 
 

@@ -191,15 +191,32 @@ def _gguf_source(name: str) -> tuple[Path, str, str]:
     return path.parent, path.name, f"gguf-{path.stem}-{digest}"
 
 
-def _publish_folder(tmp: Path, folder: Path) -> None:
-    """Move a fully written ``tmp`` folder to ``folder`` atomically (another process may win)."""
+def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None:
+    """Fill ``folder`` with ``write(tmp)`` under a temporary name, then rename it into place, so
+    that an interrupted write never leaves a half-written folder; when another process published
+    the folder first, its copy is kept.
+
+    :param folder: the folder to create (its parents are created).
+    :param write: writes the content into the folder it is given (e.g. ``save_pretrained``).
+    """
     import shutil
 
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    write(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, folder)
     except OSError:  # another process published it first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_model_and_tokenizer(model: Any, tokenizer: Any) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return write
 
 
 def converted_model_dir(name: str, *, progress: bool = True) -> str:
@@ -242,10 +259,7 @@ def converted_model_dir(name: str, *, progress: bool = True) -> str:
     model.load_state_dict(gguf_model.state_dict())
     del gguf_model
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=filename)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _publish_folder(tmp, folder)
+    write_folder_atomically(folder, _save_model_and_tokenizer(model, tokenizer))
     return str(folder)
 
 
@@ -287,10 +301,7 @@ def builtin_llama_dir(name: str) -> str:
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(rng_state)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _publish_folder(tmp, folder)
+    write_folder_atomically(folder, _save_model_and_tokenizer(model, tokenizer))
     return str(folder)
 
 
@@ -313,7 +324,7 @@ def tokenizer_name_for_model(model: str) -> str:
     Built-in GPT-2 shapes and the GPT-2 hub family give ``"gpt2"`` (every env's default); built-in
     pretrained names and Llamas give their own name; a folder or ``.gguf`` file gives itself when it
     holds a tokenizer (a folder without one, such as a small-vocabulary model of a word-level env,
-    gives ``"gpt2"``: such models follow the env, see ``agents.common.model_for_env``); any other
+    gives ``"gpt2"``: such models follow the env, see ``agents.base.model_for_env``); any other
     hub id gives itself.
 
     :param model: a model name, folder or ``.gguf`` path.
@@ -418,15 +429,7 @@ def _offline_gpt2_tokenizer_dir() -> str:
         eos_token="<|endoftext|>",
         add_prefix_space=False,
     )
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race: use its folder
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_folder_atomically(folder, tok.save_pretrained)
     return str(folder)
 
 
