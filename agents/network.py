@@ -218,6 +218,10 @@ class CausalLMActorCritic(nn.Module):
     :param value_head: whether to build the value head (the DQN Q-network and the KL reference
         have none).
     :param value_hidden: width of the value head's hidden layer; 0 for a single linear layer.
+    :param detach_value: the value head reads the trunk's hidden states through ``detach()``, so
+        the critic's loss trains the value head only and never moves the LM (the actor). A new
+        value head on a pretrained LM starts far off, and its large early gradients through a
+        shared trunk can damage the LM's text.
     :param bf16: run the trunk under ``torch.autocast(bfloat16)`` when on CUDA (logits and values
         are returned in float32). Ignored on CPU.
     :param dropout: keep the model's dropout; by default it is switched off, because PPO compares
@@ -234,6 +238,7 @@ class CausalLMActorCritic(nn.Module):
         *,
         value_head: bool = True,
         value_hidden: int = 0,
+        detach_value: bool = False,
         bf16: bool = False,
         dropout: bool = False,
         attn_implementation: str | None = None,
@@ -256,6 +261,7 @@ class CausalLMActorCritic(nn.Module):
             model.set_attn_implementation(attn_implementation)
         self.lm = model
         self.bf16 = bool(bf16)
+        self.detach_value = bool(detach_value)
         #: the trunk's keyword for a KV cache: ``cache`` (transformers >= 5, where
         #: ``past_key_values`` is deprecated) or ``past_key_values`` (older releases)
         params = inspect.signature(type(model.base_model).forward).parameters
@@ -350,6 +356,8 @@ class CausalLMActorCritic(nn.Module):
         """
         if self.value_head is None:
             raise RuntimeError("This network has no value head (value_head=False).")
+        if self.detach_value:
+            hidden = hidden.detach()
         return self.value_head(hidden.float()).squeeze(-1)
 
     def last_hidden(

@@ -174,6 +174,7 @@ class _LMPolicyBase:
             kw["model"],
             value_head=value_head,
             value_hidden=kw.get("value_hidden", 0),
+            detach_value=kw.get("detach_value", False),
             bf16=kw["bf16"],
             dropout=kw["dropout"],
             attn_implementation=kw.get("attn_implementation"),
@@ -210,6 +211,8 @@ class LMPolicyMixin(_LMPolicyBase):
         lr_schedule: Schedule,
         model: str | PreTrainedModel = "gpt2",
         value_hidden: int = 0,
+        value_head: bool = True,
+        detach_value: bool = False,
         bf16: bool = False,
         kv_cache: bool = True,
         dropout: bool = False,
@@ -236,6 +239,8 @@ class LMPolicyMixin(_LMPolicyBase):
         self._lm_kwargs = {
             "model": model,
             "value_hidden": value_hidden,
+            "value_head": bool(value_head),
+            "detach_value": bool(detach_value),
             "bf16": bf16,
             "kv_cache": kv_cache,
             "dropout": dropout,
@@ -255,7 +260,7 @@ class LMPolicyMixin(_LMPolicyBase):
         )
 
     def _build(self, lr_schedule: Schedule) -> None:
-        self.net = self._new_lm_net(value_head=True)
+        self.net = self._new_lm_net(value_head=self._lm_kwargs.get("value_head", True))
         self._build_extra()  # before the optimizer: frozen parts stay out of it
         params = [p for p in self.parameters() if p.requires_grad]  # type: ignore[attr-defined]
         self.optimizer = self.optimizer_class(  # type: ignore[attr-defined]
@@ -290,7 +295,12 @@ class LMPolicyMixin(_LMPolicyBase):
         logits = self.net.logits_from_hidden(h)
         if rollout:
             self._last_logits.store(ids, logits)
-        values = self.net.value_from_hidden(h).unsqueeze(-1) if with_value else None
+        values = None
+        if with_value:
+            if self.net.value_head is None:  # a critic-free algorithm: values are never used
+                values = torch.zeros(h.shape[0], 1, device=h.device)
+            else:
+                values = self.net.value_from_hidden(h).unsqueeze(-1)
         return ids, logits, values
 
     def _dist(
@@ -412,6 +422,10 @@ class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
     :param model: causal LM name, folder or object (default ``"gpt2"``; offline: tiny GPT-2;
         ``"tiny-llama"``, ``"smollm2-135m"``, any hub causal LM).
     :param value_hidden: hidden width of the value head; 0 for a linear head.
+    :param value_head: build the value head; ``False`` for critic-free algorithms (GRPO, RLOO),
+        whose values are then zeros.
+    :param detach_value: the value loss trains the value head only, not the LM (see
+        :class:`agents.network.CausalLMActorCritic`).
     :param bf16: bfloat16 autocast of the trunk on CUDA.
     :param kv_cache: keep per-env KV caches across rollout steps.
     :param dropout: keep the model's dropout (off by default).

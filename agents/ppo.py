@@ -213,7 +213,7 @@ def find_network(policy: th.nn.Module) -> CausalLMActorCritic | None:
 
     That is :class:`agents.policies.LMActorCriticPolicy` or a subclass that keeps its
     ``evaluate_actions`` (logits = the network's LM head on the last hidden state, values = its
-    value head, a plain categorical distribution); ``None`` for any other policy.
+    value head or zeros without one, a plain categorical distribution); ``None`` for any other policy.
 
     :param policy: an SB3 policy.
     """
@@ -222,7 +222,7 @@ def find_network(policy: th.nn.Module) -> CausalLMActorCritic | None:
     if type(policy).evaluate_actions is not LMActorCriticPolicy.evaluate_actions:
         return None
     net = getattr(policy, "net", None)
-    if not isinstance(net, CausalLMActorCritic) or net.value_head is None:
+    if not isinstance(net, CausalLMActorCritic):
         return None
     return net
 
@@ -296,7 +296,10 @@ def evaluate_episode_actions(
     cols = th.as_tensor(positions, device=device)
     latent = hidden[rows, cols]
     logits = network.logits_from_hidden(latent)
-    values = network.value_from_hidden(latent)
+    if network.value_head is None:  # critic-free: the policy's values are zeros
+        values = th.zeros(latent.shape[0], device=latent.device)
+    else:
+        values = network.value_from_hidden(latent)
     log_prob, entropy = categorical_log_prob_entropy(logits, actions, entropy_grad)
     return values, log_prob, entropy
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -37,6 +38,7 @@ from agents.policies import (
     MaskableLMActorCriticPolicy,
     strict_device,
 )
+from agents.ppo import EpisodePPO
 from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 
@@ -122,6 +124,48 @@ def test_one_trunk_shared_and_model_object_used_as_is(tiny_lm):
     assert n_policy == n_lm + sum(p.numel() for p in net.value_head.parameters())
     optimised = sum(p.numel() for g in model.policy.optimizer.param_groups for p in g["params"])
     assert optimised == n_policy
+
+
+def test_detach_value_trains_the_value_head_only():
+    """With ``detach_value`` the value loss has no gradient in the LM; without it, it has."""
+    env = make_env()
+    obs = env.reset()
+    for detach in (False, True):
+        model = PPO(LMActorCriticPolicy, env, policy_kwargs={**TINY, "detach_value": detach})
+        policy = model.policy
+        values = policy.predict_values(policy.obs_to_tensor(obs)[0])
+        values.sum().backward()
+        lm_grads = [p.grad for p in policy.net.lm.parameters() if p.grad is not None]
+        assert all(p.grad is not None for p in policy.net.value_head.parameters())
+        if detach:
+            assert lm_grads == []
+        else:
+            assert any(g.abs().sum() > 0 for g in lm_grads)
+
+
+def test_policy_without_value_head_gives_zero_values_and_trains(tmp_path):
+    env = DummyVecEnv([lambda: gym.make("LMText-v0", max_new_tokens=4) for _ in range(2)])
+    env.seed(0)
+    model = EpisodePPO(
+        LMActorCriticPolicy,
+        env,
+        policy_kwargs={**TINY, "value_head": False},
+        n_steps=32,
+        batch_size=64,
+        n_epochs=1,
+        vf_coef=0.0,
+        seed=0,
+    )
+    assert model.policy.net.value_head is None
+    before = {k: v.clone() for k, v in lm_state(model).items()}
+    model.learn(64)
+    assert np.all(model.rollout_buffer.values == 0)
+    assert model.rollout_buffer.rewards.std() > 0  # a learning signal to move the LM
+    assert model.last_episode_index is not None  # the episode-level update ran
+    assert any(not torch.equal(before[k], v) for k, v in lm_state(model).items())
+    model.save(tmp_path / "m.zip")
+    loaded = EpisodePPO.load(tmp_path / "m.zip")
+    assert loaded.policy.net.value_head is None
 
 
 def test_dqn_q_values_are_lm_logits_and_target_is_a_copy(tiny_lm):
