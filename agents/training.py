@@ -21,11 +21,17 @@ the checkpoint's policy).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +40,18 @@ import numpy as np
 
 from agents.base import load_agent
 from agents.hyperparams import RunConfig
-from agents.registry import make_agent
+from agents.registry import agent_spec, make_agent
 
-__all__ = ["TrainOutcome", "latest_checkpoint", "load_run", "make_run_env", "train_run"]
+__all__ = [
+    "RunFolderError",
+    "RunSetupError",
+    "TrainOutcome",
+    "absolute_paths",
+    "latest_checkpoint",
+    "load_run",
+    "make_run_env",
+    "train_run",
+]
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
@@ -44,6 +59,11 @@ STATE_FILE = "state.json"
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked (exists already, no checkpoint to resume, ...)."""
+
+
+class RunSetupError(ValueError):
+    """The set-up of a run fails (the env, the agent, one of its options, the model, the device or
+    the folder): nothing was written to the run folder. The original error is its ``__cause__``."""
 
 
 @dataclass
@@ -59,6 +79,8 @@ class TrainOutcome:
     :param reported_reward: the mean training episode reward the agent itself last reported, for
         agents whose episodes run elsewhere (``rllib-ppo``: in Ray's env runners, so
         ``episode_rewards`` stays empty): its callbacks' ``row["rollout/ep_rew_mean"]``.
+    :param stop_signal: the signal that interrupted training (``signal.SIGINT`` or
+        ``signal.SIGTERM``), ``None`` for a ``KeyboardInterrupt`` raised otherwise or no interrupt.
     """
 
     out_dir: Path
@@ -68,6 +90,7 @@ class TrainOutcome:
     episode_rewards: list[float]
     interrupted: bool = False
     reported_reward: float | None = None
+    stop_signal: int | None = None
 
 
 def make_run_env(config: RunConfig, split: str | None = None) -> gym.Env:
@@ -102,7 +125,14 @@ def build_agent(config: RunConfig, env: gym.Env, out_dir: Path | None = None) ->
     :param env: the env to act on.
     :param out_dir: the run folder (a warm start is saved in it).
     """
-    return make_agent(config.agent, env, seed=config.seed, **_hyperparams(config, out_dir))
+    options = _hyperparams(config, out_dir)
+    names = agent_spec(config.agent).option_names()
+    if names is None or "seed" in names:  # a plug-in factory need not take a seed
+        options["seed"] = config.seed
+    return make_agent(config.agent, env, **options)
+
+
+_STEP_FOLDER = re.compile(r"step_(\d+)")
 
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
@@ -110,8 +140,9 @@ def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if folder.is_dir():
         for child in folder.iterdir():
-            if child.name.startswith("step_") and (child / STATE_FILE).exists():
-                found.append((int(child.name[5:]), child))
+            match = _STEP_FOLDER.fullmatch(child.name)  # not a half-written ``step_N.tmp``
+            if match and (child / STATE_FILE).exists():
+                found.append((int(match.group(1)), child))
     return sorted(found)
 
 
@@ -121,6 +152,23 @@ def latest_checkpoint(out_dir: str | Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
+def _resume_candidates(out: Path) -> list[tuple[int, Path]]:
+    """The run's saved agents, newest first: the checkpoints, and ``final/`` (after the
+    checkpoints of its step)."""
+    found = [(step, folder, 1) for step, folder in _checkpoints(out)]
+    final = out / "final"
+    if (final / STATE_FILE).exists():
+        try:
+            step = int(
+                json.loads((final / STATE_FILE).read_text(encoding="utf-8"))["num_timesteps"]
+            )
+        except (ValueError, KeyError, TypeError, OSError):
+            step = -1  # an unreadable state: tried last (and reported if it fails)
+        found.append((step, final, 0))
+    found.sort(key=lambda item: (item[0], item[2]), reverse=True)
+    return [(step, folder) for step, folder, _ in found]
+
+
 def _kl_wrapper(agent: Any) -> Any:
     """The agent's :class:`agents.kl.KLPenaltyVecEnv`, if any (none exists unless ``agents.kl``
     was imported, so other agents do not pay for importing it)."""
@@ -128,19 +176,75 @@ def _kl_wrapper(agent: Any) -> Any:
     return None if kl is None else kl.kl_wrapper_of(agent)
 
 
+class _Signals:
+    """SIGINT and SIGTERM during training: both stop it as ``KeyboardInterrupt`` does, but never in
+    the middle of a checkpoint write (the signal waits until the write is complete)."""
+
+    def __init__(self) -> None:
+        self.critical = 0
+        self.pending: int | None = None
+        self.received: int | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        """The signal handler: raise ``KeyboardInterrupt`` now, or after the current write."""
+        self.received = signum
+        if self.critical:
+            self.pending = signum
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        """Handle SIGINT and SIGTERM while the block runs (main thread only), then restore."""
+        self.critical, self.pending, self.received = 0, None, None
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self.handler)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a signal does not cut: the interrupt comes at its end."""
+        self.critical += 1
+        try:
+            yield
+        finally:
+            self.critical -= 1
+            if not self.critical and self.pending is not None:
+                self.pending = None
+                raise KeyboardInterrupt
+
+
+#: the signal guard of the running :func:`train_run` (a no-op one outside it)
+_SIGNALS = _Signals()
+
+
 def _save_checkpoint(agent: Any, folder: Path, steps: int, extra: dict[str, Any]) -> None:
-    """Write ``agent.save`` and the state file atomically (a tmp folder renamed at the end)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    agent.save(tmp / "agent")
-    state = {"num_timesteps": int(steps), "time": time.time(), **extra}
-    wrapper = _kl_wrapper(agent)
-    if wrapper is not None:
-        state["kl_controller"] = wrapper.state_dict()
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    """Write ``agent.save`` and the state file atomically (a tmp folder renamed at the end); a
+    SIGINT or SIGTERM waits until the folder is complete."""
+    with _SIGNALS.deferred():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        agent.save(tmp / "agent")
+        state = {"num_timesteps": int(steps), "time": time.time(), **extra}
+        wrapper = _kl_wrapper(agent)
+        if wrapper is not None:
+            state["kl_controller"] = wrapper.state_dict()
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():  # replaced (final/): the old one stays whole until the new one is in
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class _Progress:
@@ -156,6 +260,7 @@ class _Progress:
         checkpoint_freq: int,
         keep_checkpoints: int,
         progress: bool,
+        rows_start: int = 0,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -166,6 +271,7 @@ class _Progress:
         self.target = target
         self.freq = checkpoint_freq
         self.keep = keep_checkpoints
+        self.rows_start = rows_start
         self.agent_start = self._agent_steps()
         self.monitor_start = monitor.get_total_steps()
         self.next_checkpoint = (start // self.freq + 1) * self.freq if self.freq > 0 else None
@@ -232,9 +338,15 @@ class _Progress:
         """Save a checkpoint at the current step and drop the oldest beyond ``keep``."""
         steps = self.current()
         folder = self.out_dir / "checkpoints" / f"step_{steps:09d}"
-        _save_checkpoint(self.agent, folder, steps, {"episodes": self.episodes_logged})
+        _save_checkpoint(self.agent, folder, steps, self.state())
         for _, old in _checkpoints(self.out_dir)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint's ``state.json`` records besides the step: the episodes of this call
+        and the rows of ``train.monitor.csv`` (a resume cuts the file back to them)."""
+        episodes = len(self.monitor.get_episode_rewards())
+        return {"episodes": episodes, "monitor_rows": self.rows_start + episodes}
 
     def close(self) -> None:
         """Close the bar and the TensorBoard writer."""
@@ -243,17 +355,183 @@ class _Progress:
             self.writer.close()
 
 
+def _appending_csv(filename: str) -> Any:
+    """SB3's CSV log format, appending to an existing ``progress.csv`` (a resumed run) instead of
+    rewriting it: the columns already in its header are kept, new ones are added as SB3 does.
+
+    :param filename: the CSV file.
+    """
+    from stable_baselines3.common.logger import CSVOutputFormat
+
+    class AppendingCSV(CSVOutputFormat):
+        def __init__(self, filename: str) -> None:
+            exists = os.path.exists(filename) and os.path.getsize(filename) > 0
+            # r+: SB3 rewrites the file from its start when a column is added (w+ would empty it)
+            self.file = open(filename, "r+" if exists else "w+")  # noqa: SIM115 (close())
+            header = self.file.readline().rstrip("\n") if exists else ""
+            self.keys: list[str] = header.split(",") if header else []
+            self.file.seek(0, os.SEEK_END)
+            self.separator = ","
+            self.quotechar = '"'
+
+    return AppendingCSV(filename)
+
+
 def _configure_logger(agent: Any, out_dir: Path, verbose: int) -> None:
     if not hasattr(agent, "set_logger"):
         return
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger, make_output_format
 
-    formats = ["csv", "tensorboard"] + (["stdout"] if verbose else [])
-    try:
-        logger = configure(str(out_dir / "tb"), formats)
-    except (ImportError, AssertionError):  # tensorboard missing
-        logger = configure(str(out_dir / "tb"), ["csv"])
-    agent.set_logger(logger)
+    folder = out_dir / "tb"
+    folder.mkdir(parents=True, exist_ok=True)
+    formats: list[Any] = [_appending_csv(str(folder / "progress.csv"))]
+    with contextlib.suppress(ImportError, AssertionError):  # no tensorboard: the CSV remains
+        formats.append(make_output_format("tensorboard", str(folder)))
+    if verbose:
+        formats.append(make_output_format("stdout", str(folder)))
+    agent.set_logger(Logger(str(folder), formats))
+
+
+#: env options and agent options that may name a local file or folder (stored absolute)
+_PATH_OPTIONS = ("dataset", "tokenizer", "model", "path", "data_files")
+
+
+def _absolute(value: Any) -> Any:
+    """``value`` made absolute when it is a relative path to an existing file or folder."""
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        path = Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+    return value
+
+
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """A copy of ``config`` whose relative paths to existing files (a data set, a tokenizer or
+    model folder, also inside ``dataset_kwargs``) are absolute, so that ``config.yaml`` works from
+    any folder.
+
+    :param config: the run config.
+    """
+
+    def fix(options: dict[str, Any]) -> dict[str, Any]:
+        out = dict(options)
+        for key in _PATH_OPTIONS:
+            if key in out:
+                out[key] = _absolute(out[key])
+        for key in ("dataset_kwargs", "policy_kwargs"):
+            if isinstance(out.get(key), dict):
+                out[key] = fix(out[key])
+        return out
+
+    return replace(config, env_kwargs=fix(config.env_kwargs), hyperparams=fix(config.hyperparams))
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a run folder that cannot be written: a file, or under a folder without write access.
+
+    :param out: the run folder.
+    :raises RunFolderError: it cannot be used.
+    """
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder.")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunFolderError(f"--out {out}: {parent} is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--out {out}: {parent} is not writable.")
+
+
+def _setup_failed(exc: BaseException, what: str) -> RunSetupError:
+    first = " ".join(str(exc).split()) or type(exc).__name__
+    return RunSetupError(f"{what}: {type(exc).__name__}: {first}")
+
+
+def _monitor_file(out: Path) -> Path:
+    return out / "train.monitor.csv"
+
+
+def _cut_monitor(path: Path, rows: int | None) -> bool:
+    """Cut ``train.monitor.csv`` back to its first ``rows`` episodes (those of the checkpoint a run
+    resumes from: later ones are trained again); ``None`` keeps every row.
+
+    :return: whether the file has its two header lines (else it is to be written anew).
+    """
+    if not path.exists():
+        return False
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if len(lines) < 2 or not lines[0].startswith("#"):
+        return False
+    body = [line for line in lines[2:] if line.endswith("\n")]  # a torn last line is dropped
+    if rows is not None:
+        body = body[:rows]
+    path.write_text("".join(lines[:2] + body), encoding="utf-8")
+    return True
+
+
+def _start_monitor_file(monitor: Any, path: Path, append: bool) -> None:
+    """Let a ``Monitor`` built without a file write ``path`` from now on (after the set-up has been
+    checked, so that a failed set-up writes nothing)."""
+    from stable_baselines3.common.monitor import ResultsWriter
+
+    spec = getattr(monitor.env, "spec", None)
+    monitor.results_writer = ResultsWriter(
+        str(path),
+        header={"t_start": monitor.t_start, "env_id": str(spec.id if spec else None)},
+        extra_keys=monitor.reset_keywords + monitor.info_keywords,
+        override_existing=not append,
+    )
+
+
+def _load_newest(
+    agent: Any, env: Any, out: Path, checkpoint: str | Path | None
+) -> tuple[Any, int, Path | None, dict[str, Any]]:
+    """Load the newest saved agent of a run that loads (or ``checkpoint``), saying so when a newer
+    one is skipped.
+
+    :return: ``(agent, step, folder, state)``; ``folder`` is ``None`` when there is none (step 0).
+    :raises RunFolderError: ``checkpoint`` does not load, or saved agents exist and none loads.
+    """
+    if checkpoint is not None:
+        folder = Path(checkpoint)
+        if not (folder / STATE_FILE).exists():
+            raise RunFolderError(
+                f"--checkpoint {folder} is not a checkpoint ({STATE_FILE} missing)."
+            )
+        candidates = [(-1, folder)]
+    else:
+        candidates = _resume_candidates(out)
+    failures: list[str] = []
+    wrapper = _kl_wrapper(agent)
+    if wrapper is not None and wrapper.reference is None and hasattr(agent, "policy"):
+        wrapper.attach(agent.policy)  # the KL reference: the starting model, as at first
+    for _, folder in candidates:
+        try:
+            state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            step = int(state["num_timesteps"])
+            loaded = load_agent(agent, folder / "agent", env=env)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a damaged checkpoint: try the one before
+            failures.append(f"{folder.name} ({type(exc).__name__}: {' '.join(str(exc).split())})")
+            if checkpoint is not None:
+                raise RunFolderError(
+                    f"--checkpoint {folder} does not load: {failures[-1]}"
+                ) from exc
+            continue
+        if failures:
+            print(
+                f"lm-gym: the newer checkpoint(s) {', '.join(failures)} do not load; resuming "
+                f"from {folder} (step {step}).",
+                file=sys.stderr,
+            )
+        return loaded, step, folder, state
+    if failures:
+        raise RunFolderError(
+            f"{out}: no checkpoint loads ({'; '.join(failures)}); start again with --overwrite."
+        )
+    return agent, 0, None, {}
 
 
 def train_run(
@@ -266,26 +544,38 @@ def train_run(
     keep_checkpoints: int = 3,
     overwrite: bool = False,
     callback: Any = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainOutcome:
     """Train an agent as a run folder (see the module docstring), or resume one.
 
+    The whole set-up (the folder, the env, the agent with its options, model and device) is built
+    before anything is written: a set-up that fails leaves the folder as it was. SIGINT and
+    SIGTERM stop training as ``KeyboardInterrupt`` does (never in the middle of a checkpoint
+    write); the run then resumes from its newest checkpoint.
+
     :param config: the run config; ``None`` with ``resume`` (read from the folder).
     :param out_dir: the run folder.
-    :param resume: continue from the newest checkpoint (at most one checkpoint interval is lost).
+    :param resume: continue from the newest checkpoint that loads (at most one checkpoint interval
+        is lost; a damaged newer checkpoint is skipped with a message).
     :param n_timesteps: with ``resume``: a new total budget (default: the config's).
     :param progress: show a progress bar.
     :param keep_checkpoints: checkpoints kept (the oldest are removed).
     :param overwrite: reuse a folder that already holds a run (its files are replaced).
     :param callback: an extra ``callback(locals_, globals_)`` called with the run's own.
+    :param checkpoint: with ``resume``: the checkpoint folder to continue from (default: the newest
+        that loads).
     :return: what was done.
     :raises RunFolderError: the folder holds a run and neither ``resume`` nor ``overwrite`` is
-        set, or ``resume`` finds no run.
+        set, ``resume`` finds no run, or the folder cannot be written.
+    :raises RunSetupError: the env or the agent cannot be built (nothing was written).
     """
     from stable_baselines3.common.monitor import Monitor
 
+    if n_timesteps is not None and int(n_timesteps) < 0:
+        raise RunSetupError(f"n_timesteps must be at least 0, not {n_timesteps}.")
     out = Path(out_dir)
+    check_out_dir(out)
     config_path = out / CONFIG_FILE
-    resumed_from: int | None = None
     if resume:
         if not config_path.exists():
             raise RunFolderError(f"{out} holds no run to resume ({CONFIG_FILE} missing).")
@@ -296,88 +586,121 @@ def train_run(
                 f"{config.env_id}."
             )
         config = saved
-        if n_timesteps is not None and n_timesteps != config.n_timesteps:
-            config.n_timesteps = int(n_timesteps)
-            config.save(config_path)
     else:
         if config is None:
             raise ValueError("train_run needs a config (or resume=True).")
+        if checkpoint is not None:
+            raise ValueError("checkpoint= continues a run: it needs resume=True.")
         if config_path.exists() and not overwrite:
             raise RunFolderError(
                 f"{out} already holds a run; resume it with --resume, or choose another --out."
             )
-        if overwrite:
-            for name in ("checkpoints", "final", "tb"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            (out / "train.monitor.csv").unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(config_path)
+        config = absolute_paths(config)
+    if config.n_timesteps < 0:
+        raise RunSetupError(f"n_timesteps must be at least 0, not {config.n_timesteps}.")
 
-    env = Monitor(make_run_env(config), str(out / "train"), override_existing=not resume)
-    agent = build_agent(config, env, out)
-    start = 0
-    if resume:
-        found = latest_checkpoint(out)
-        if found is None and (out / "final" / STATE_FILE).exists():
-            found = (
-                json.loads((out / "final" / STATE_FILE).read_text())["num_timesteps"],
-                out / "final",
-            )
-        if found is not None:
-            start, folder = found
-            wrapper = _kl_wrapper(agent)
-            if wrapper is not None and wrapper.reference is None and hasattr(agent, "policy"):
-                wrapper.attach(agent.policy)  # the KL reference: the starting model, as at first
-            agent = load_agent(agent, folder / "agent", env=env)
-            resumed_from = start
-            saved_state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-            wrapper = _kl_wrapper(agent)
-            if wrapper is not None and "kl_controller" in saved_state:
-                wrapper.load_state_dict(saved_state["kl_controller"])
-    _configure_logger(agent, out, verbose=int(config.hyperparams.get("verbose", 0) or 0))
-    tracker = _Progress(
-        agent,
-        env,
-        out,
-        start,
-        config.n_timesteps,
-        config.checkpoint_freq,
-        keep_checkpoints,
-        progress,
-    )
+    # -- the set-up, checked before anything is written -------------------------------------------
+    existed = out.exists()
+    warm_existed = (out / "warm_start").exists()
+    with _SIGNALS.installed():
+        try:
+            try:
+                env = Monitor(make_run_env(config))
+            except Exception as exc:
+                raise _setup_failed(exc, f"the env {config.env_id} cannot be made") from exc
+            try:
+                agent = build_agent(config, env, out)
+            except Exception as exc:
+                raise _setup_failed(exc, f"the agent {config.agent!r} cannot be built") from exc
+            start, state, loaded_from = 0, {}, None
+            if resume:
+                agent, start, loaded_from, state = _load_newest(agent, env, out, checkpoint)
+                wrapper = _kl_wrapper(agent)
+                if wrapper is not None and "kl_controller" in state:
+                    wrapper.load_state_dict(state["kl_controller"])
+        except BaseException:
+            if not resume:  # leave the folder as it was
+                if not existed:
+                    shutil.rmtree(out, ignore_errors=True)
+                elif not warm_existed:
+                    shutil.rmtree(out / "warm_start", ignore_errors=True)
+            raise
 
-    def run_callback(locals_: dict[str, Any], globals_: dict[str, Any]) -> bool:
-        go_on = tracker(locals_, globals_)
-        if callback is not None and callback(locals_, globals_) is False:
-            return False
-        return go_on
+        # -- the run's files ------------------------------------------------------------------------
+        monitor_path = _monitor_file(out)
+        with _SIGNALS.deferred():
+            if resume:
+                if n_timesteps is not None and n_timesteps != config.n_timesteps:
+                    config.n_timesteps = int(n_timesteps)
+                    config.save(config_path)
+                rows = state.get("monitor_rows", 0 if not state else None)
+                append = _cut_monitor(monitor_path, rows)
+            else:
+                if overwrite:
+                    for name in ("checkpoints", "final", "tb"):
+                        shutil.rmtree(out / name, ignore_errors=True)
+                    monitor_path.unlink(missing_ok=True)
+                out.mkdir(parents=True, exist_ok=True)
+                config.save(config_path)
+                append = False
+            _start_monitor_file(env, monitor_path, append)
+            rows_start = _count_rows(monitor_path)
+        _configure_logger(agent, out, verbose=int(config.hyperparams.get("verbose", 0) or 0))
+        tracker = _Progress(
+            agent,
+            env,
+            out,
+            start,
+            config.n_timesteps,
+            config.checkpoint_freq,
+            keep_checkpoints,
+            progress,
+            rows_start,
+        )
 
-    t0 = time.perf_counter()
-    interrupted = False
-    episodes_before = len(env.get_episode_rewards())
-    try:
-        remaining = config.n_timesteps - start
-        if remaining > 0:
-            agent.learn(remaining, callback=run_callback)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        tracker.close()
-    train_time = time.perf_counter() - t0
-    steps = tracker.current()
-    if not interrupted:
-        tracker.checkpoint()
-        _save_checkpoint(agent, out / "final", steps, {"episodes": len(env.get_episode_rewards())})
-    env.close()
+        def run_callback(locals_: dict[str, Any], globals_: dict[str, Any]) -> bool:
+            go_on = tracker(locals_, globals_)
+            if callback is not None and callback(locals_, globals_) is False:
+                return False
+            return go_on
+
+        t0 = time.perf_counter()
+        interrupted = False
+        episodes_before = len(env.get_episode_rewards())
+        try:
+            try:
+                remaining = config.n_timesteps - start
+                if remaining > 0:
+                    agent.learn(remaining, callback=run_callback)
+            finally:
+                tracker.close()
+            steps = tracker.current()
+            tracker.checkpoint()
+            _save_checkpoint(agent, out / "final", steps, tracker.state())
+        except KeyboardInterrupt:
+            interrupted = True
+        train_time = time.perf_counter() - t0
+        steps = tracker.current()
+        with contextlib.suppress(KeyboardInterrupt):
+            env.close()
     return TrainOutcome(
         out,
         steps,
-        resumed_from,
+        start if loaded_from is not None else None,
         train_time,
         [float(r) for r in env.get_episode_rewards()[episodes_before:]],
         interrupted,
         tracker.reported_reward,
+        _SIGNALS.received if interrupted else None,
     )
+
+
+def _count_rows(path: Path) -> int:
+    """The episode rows of a monitor file (its two header lines left out)."""
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8") as f:
+        return max(0, sum(1 for _ in f) - 2)
 
 
 def load_run(
@@ -406,7 +729,23 @@ def load_run(
             if found is None:
                 raise RunFolderError(f"{out} has no trained agent yet (no final/ or checkpoint).")
             checkpoint = found[1]
-    env = make_run_env(config, split)
-    agent = build_agent(config, env, out)
-    agent = load_agent(agent, Path(checkpoint) / "agent", env=env)
+    elif not (Path(checkpoint) / STATE_FILE).exists():
+        raise RunFolderError(
+            f"--checkpoint {checkpoint} is not a checkpoint ({STATE_FILE} missing)."
+        )
+    try:
+        env = make_run_env(config, split)
+    except Exception as exc:
+        raise _setup_failed(exc, f"the env {config.env_id} cannot be made") from exc
+    try:
+        agent = build_agent(config, env, out)
+    except Exception as exc:
+        raise _setup_failed(exc, f"the agent {config.agent!r} cannot be built") from exc
+    try:
+        agent = load_agent(agent, Path(checkpoint) / "agent", env=env)
+    except Exception as exc:
+        raise RunFolderError(
+            f"{checkpoint} does not load ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+            "pick another with --checkpoint."
+        ) from exc
     return config, agent, env
