@@ -546,6 +546,11 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         extra = {k: algo_kwargs.pop(k) for k in _EXTRA_OPTIONS.get(name, ()) if k in algo_kwargs}
         model = _resolve_model(model, env, warm_start, seed)
         pk = {"model": model, **dict(policy_kwargs or {})}
+        if name == "trpo":
+            # TRPO differentiates twice (Hessian-vector products); PyTorch's fused CPU attention
+            # kernels have no double backward, so the policy's LM uses eager attention. A policy
+            # option, so that the saved policy (and a resumed run) keeps it.
+            pk.setdefault("attn_implementation", "eager")
         if name == "nlpo" and "nlpo_top_p" in extra:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
         venv = _vec_env(env, int(n_envs))
@@ -586,12 +591,6 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             verbose=verbose,
             **algo_kwargs,
         )
-        if name == "trpo":
-            # TRPO differentiates twice (Hessian-vector products); PyTorch's fused CPU attention
-            # kernels have no double backward, so the policy's LM uses eager attention.
-            from agents.policies import lm_network
-
-            lm_network(algo.policy).lm.set_attn_implementation("eager")
         return SB3Agent(algo, learn_kwargs)
 
     factory.__doc__ = summary
