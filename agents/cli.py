@@ -293,33 +293,36 @@ def _fallback_of(caught: Sequence[warnings.WarningMessage], name: str) -> str | 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's agent on a split, ``--n-envs`` episodes at once; print the summary, then
     write the JSON (a failed write is a warning: the results are printed already)."""
+    from agents.base import load_lm_for_env
     from agents.evaluation import evaluate_agent
     from agents.training import load_run
 
     config, agent, env = load_run(args.run, split=args.split, checkpoint=args.checkpoint)
     reference = None if args.no_reference else (args.reference or _reference_of(config))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = evaluate_agent(
-            agent,
-            env,
-            n_episodes=args.episodes or config.eval_episodes,
-            split=args.split,
-            deterministic=not args.stochastic,
-            reference=reference,
-            n_envs=args.n_envs,
-            progress=not args.no_progress,
-        )
-    seen: set[str] = set()
-    for w in caught:  # each warning once (the policy and the reference both load the model)
-        if str(w.message) not in seen:
-            seen.add(str(w.message))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    named = reference
-    if reference is not None:
+    ref_model, named = None, reference
+    if reference is not None:  # loaded before play: a bad --reference costs no evaluation
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ref_model = load_lm_for_env(reference, env)
+            except (ValueError, OSError) as exc:
+                raise CLIError(f"--reference {reference}: {_one_line(exc)}") from exc
         fallback = _fallback_of(caught, reference)
-        if fallback is not None:
+        if fallback is not None:  # say which model it really is
             named = f"{fallback} (random init: {reference!r} is not reachable offline)"
+        for w in caught:
+            if fallback is None or _fallback_of([w], reference) is None:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    result = evaluate_agent(
+        agent,
+        env,
+        n_episodes=args.episodes or config.eval_episodes,
+        split=args.split,
+        deterministic=not args.stochastic,
+        reference=ref_model,
+        n_envs=args.n_envs,
+        progress=not args.no_progress,
+    )
     summary = result.summary()
     print(f"{config.agent} on {config.env_id}, {args.split} split, reference LM {named}:")
     print(_table([(k, _fmt(v)) for k, v in summary.items()], ["metric", "value"]))

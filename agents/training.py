@@ -418,6 +418,10 @@ def absolute_paths(config: RunConfig) -> RunConfig:
         for key in _PATH_OPTIONS:
             if key in out:
                 out[key] = _absolute(out[key])
+        reward = out.get("reward")
+        if isinstance(reward, str) and ".py:" in reward:  # a reward function's file
+            file, _, name = reward.rpartition(":")
+            out["reward"] = f"{_absolute(file)}:{name}"
         for key in ("dataset_kwargs", "policy_kwargs"):
             if isinstance(out.get(key), dict):
                 out[key] = fix(out[key])
@@ -441,6 +445,51 @@ def check_out_dir(out: Path) -> None:
         raise RunFolderError(f"--out {out}: {parent} is a file, not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RunFolderError(f"--out {out}: {parent} is not writable.")
+
+
+def _option_defaults(agent: str) -> dict[str, Any]:
+    """The default of each agent option that has one: the factory's signature and, for the zoo's
+    SB3 agents, their algorithm's."""
+    import inspect
+
+    spec = agent_spec(agent)
+    defaults: dict[str, Any] = {}
+    if "sb3" in spec.tags and spec.source == "zoo":
+        from agents import zoo
+
+        try:
+            cls = zoo._algo_class(agent)
+            if agent == "ppo":  # EpisodePPO forwards its options to SB3's PPO
+                from stable_baselines3 import PPO
+
+                cls = PPO
+            params = inspect.signature(cls.__init__).parameters.values()
+            defaults.update({p.name: p.default for p in params if p.default is not p.empty})
+        except (ImportError, AttributeError, TypeError, ValueError):  # no signature to read
+            pass
+    try:  # the factory's own defaults win (``learning_rate="auto"`` over SB3's number)
+        params = inspect.signature(spec.factory).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    defaults.update({p.name: p.default for p in params if p.default is not p.empty})
+    return defaults
+
+
+def check_option_types(config: RunConfig) -> None:
+    """Refuse an agent option given as text where its default is a number (``n_steps=abc``),
+    naming the option, before the agent is built.
+
+    :param config: the run config.
+    :raises RunSetupError: such an option.
+    """
+    defaults = _option_defaults(config.agent)
+    for key, value in config.hyperparams.items():
+        default = defaults.get(key)
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and isinstance(value, str):
+            raise RunSetupError(
+                f"the agent option {key}={value!r} is not a number (its default: {default})."
+            )
 
 
 def _setup_failed(exc: BaseException, what: str) -> RunSetupError:
@@ -608,6 +657,7 @@ def train_run(
                 env = Monitor(make_run_env(config))
             except Exception as exc:
                 raise _setup_failed(exc, f"the env {config.env_id} cannot be made") from exc
+            check_option_types(config)
             try:
                 agent = build_agent(config, env, out)
             except Exception as exc:

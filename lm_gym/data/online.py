@@ -37,11 +37,15 @@ RowConverter = Callable[[Mapping[str, Any], Any], "Sample | None"]
 
 
 def import_datasets() -> Any:
-    """Import Hugging Face ``datasets``.
+    """Import Hugging Face ``datasets``; with ``LM_GYM_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) in
+    its offline mode, so that a hub id not in the local cache fails at once instead of retrying.
 
     :return: the ``datasets`` module.
     :raises ImportError: with the install command when it is missing.
     """
+    if _lm_gym_offline():  # before the import: ``datasets`` reads its offline flag once
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError as err:
@@ -49,7 +53,22 @@ def import_datasets() -> Any:
             "the online data sets need Hugging Face `datasets`: pip install lm-gym[online] "
             "(or pip install datasets)"
         ) from err
+    if _lm_gym_offline():  # imported earlier, without the flag: no hub requests, no retries
+        datasets.config.HF_HUB_OFFLINE = True
+        datasets.config.HF_DATASETS_OFFLINE = True
+        try:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = True
+        except ImportError:  # pragma: no cover (a dependency of datasets)
+            pass
     return datasets
+
+
+def _lm_gym_offline() -> bool:
+    from lm_gym.models import is_offline
+
+    return is_offline()
 
 
 def _open_local(
@@ -131,6 +150,7 @@ def load_hf_split(
         data file), such as ``revision`` or ``cache_dir``.
     :return: the samples, in the data set's order.
     :raises ImportError: when ``datasets`` is not installed.
+    :raises ConnectionError: offline (``LM_GYM_OFFLINE=1``) and the hub data set is not cached.
     :raises FileNotFoundError: when ``path`` does not exist.
     :raises ValueError: for an unsupported file type or a split the data lacks.
     """
@@ -146,7 +166,16 @@ def load_hf_split(
         source = repr(hub_id) + (f" ({config})" if config else "")
         # a split the hub lacks ("validation" of imdb) is carved out of "train"
         wanted = split if split in hub_splits else "train"
-        ds = datasets.load_dataset(hub_id, config, split=wanted, **dict(load_kwargs or {}))
+        try:
+            ds = datasets.load_dataset(hub_id, config, split=wanted, **dict(load_kwargs or {}))
+        except (ConnectionError, OSError, ValueError) as err:
+            if not _lm_gym_offline():
+                raise
+            raise ConnectionError(
+                f"{source} is not in the local `datasets` cache, and LM_GYM_OFFLINE=1 (or "
+                "HF_HUB_OFFLINE=1) forbids the hub: unset it to download the data set once, or "
+                f"pass local data (path=...). ({type(err).__name__}: {' '.join(str(err).split())})"
+            ) from err
         data, available = {wanted: ds}, hub_splits
     rows, features, keep = _rows(data, split, key, source, available)
     return list(_convert(rows, features, keep, convert, max_samples))

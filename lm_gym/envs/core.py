@@ -182,8 +182,12 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         for source in (config or {}, kwargs):
             unknown = set(source) - set(cfg)
             if unknown:
+                hints = []
+                for key in sorted(unknown):
+                    close = difflib.get_close_matches(key, list(cfg), n=1, cutoff=0.6)
+                    hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
                 raise TypeError(
-                    f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; "
+                    f"{type(self).__name__} got unknown option(s) {', '.join(hints)}; "
                     f"known: {sorted(cfg)}"
                 )
             cfg.update(source)
@@ -596,14 +600,33 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         cached = self._prompt_cache.get(prompt)
         if cached is not None:
             return cached
-        if self.prompt_style == "chat":
-            ids = self._encode_chat(prompt, warn)
-        else:
-            ids = self._encode_plain(self.prompt_text(prompt), warn)
+        try:
+            if self.prompt_style == "chat":
+                ids = self._encode_chat(prompt, warn)
+            else:
+                ids = self._encode_plain(self.prompt_text(prompt), warn)
+        except (ValueError, TypeError, UserWarning):
+            raise
+        except Exception as exc:  # the tokenizers library's own errors (a word-level vocabulary)
+            raise ValueError(self._encode_error(prompt, exc)) from exc
         arr = np.asarray(ids, dtype=np.int64)
         if len(self._prompt_cache) < 100_000:
             self._prompt_cache[prompt] = arr
         return arr
+
+    def _encode_error(self, prompt: str, exc: Exception) -> str:
+        """What a prompt the tokenizer cannot encode gets: the words outside a word-level
+        vocabulary by name, else the tokenizer's own message."""
+        vocab = self.tokenizer.get_vocab()
+        outside = [w for w in self.prompt_text(prompt).split() if w not in vocab]
+        if outside and len(vocab) <= 1000:
+            known = sorted(w for w in vocab if w not in self.tokenizer.all_special_tokens)
+            return (
+                f"The prompt {prompt!r} has word(s) outside the vocabulary of the env's tokenizer "
+                f"{self.config['tokenizer']!r}: {', '.join(map(repr, outside))}. Its words: "
+                f"{', '.join(known)}."
+            )
+        return f"The env's tokenizer {self.config['tokenizer']!r} cannot encode {prompt!r}: {exc}"
 
     def _encode_plain(self, text: str, warn: bool) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []

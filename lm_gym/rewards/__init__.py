@@ -20,7 +20,9 @@ Built-in names (see :func:`list_scorers`):
 - ``"distinct-1"``, ``"distinct-2"``: per-text distinct-n in ``[0, 1]``.
 
 Third-party scorers join with :func:`register_scorer`; any callable
-``f(texts, prompts, references) -> list[float]`` can also be passed to :func:`make_scorer`.
+``f(texts, prompts, references) -> list[float]`` can also be passed to :func:`make_scorer`, or named
+as a string (which keeps env kwargs serialisable): ``"package.module:function"`` or
+``"path/to/file.py:function"`` (see :func:`import_reward`).
 Importing this package imports neither torch nor transformers; the model-based scorers load them
 when built.
 """
@@ -29,8 +31,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
+import importlib.util
 import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lm_gym.rewards.base import CallableScorer, ScoreFn, Scorer
@@ -82,10 +89,71 @@ def list_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_import_spec(spec: Any) -> bool:
+    """Whether ``spec`` names a reward function to import: ``"module:function"`` or
+    ``"file.py:function"`` (not a registered scorer name)."""
+    if not isinstance(spec, str) or spec in _REGISTRY:
+        return False
+    module, sep, attr = spec.rpartition(":")
+    return bool(sep and module and attr.isidentifier())
+
+
+@functools.lru_cache(maxsize=64)
+def import_reward(spec: str) -> Callable[..., Any]:
+    """The reward function (or :class:`Scorer` class) that ``spec`` names.
+
+    ``"package.module:function"`` imports the module (from the current folder too, as
+    ``python -m`` would); ``"path/to/file.py:function"`` runs the file as a module.
+
+    :param spec: ``"module:function"`` or ``"file.py:function"``.
+    :return: the callable.
+    :raises ValueError: the module or file is not found, or has no such name (with the closest).
+    :raises TypeError: the name is not callable.
+    """
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"reward {spec!r}: the file {module_name!r} does not exist.")
+        unique = f"lm_gym_reward_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(unique, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"reward {spec!r}: {module_name!r} cannot be imported.")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[unique] = module
+        loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name) or "" in sys.path:
+                raise ValueError(f"reward {spec!r}: {exc}") from exc
+            sys.path.insert(0, os.getcwd())  # the current folder, as ``python -m`` has it
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as again:
+                raise ValueError(
+                    f"reward {spec!r}: {again} (looked in the current folder too; set PYTHONPATH "
+                    "or install the package)"
+                ) from again
+            finally:
+                sys.path.remove(os.getcwd())
+    fn = getattr(module, attr, None)
+    if fn is None:
+        names = [n for n in vars(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"reward {spec!r}: {module_name!r} has no {attr!r}.{hint}")
+    if not callable(fn):
+        raise TypeError(f"reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function.")
+    return fn
+
+
 def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Scorer:
     """Build a scorer from a name, a scorer, a scorer class or a reward function.
 
-    :param spec: a registered name (built with ``factory(**kwargs)``); a :class:`Scorer`
+    :param spec: a registered name (built with ``factory(**kwargs)``); ``"module:function"`` or
+        ``"file.py:function"`` (a function imported by :func:`import_reward`); a :class:`Scorer`
         instance (returned as is); a ``Scorer`` subclass (instantiated with ``kwargs``); or any
         callable ``f(texts, prompts, references) -> list[float]``, wrapped in a
         :class:`CallableScorer` (``kwargs``: ``name``, ``higher_is_better``,
@@ -103,6 +171,11 @@ def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Score
                 f"{sorted(kwargs)}; build the scorer with them instead."
             )
         return spec
+    if is_import_spec(spec):
+        fn = import_reward(spec)
+        if isinstance(fn, type) and issubclass(fn, Scorer):
+            return fn(**kwargs)
+        return CallableScorer(fn, **kwargs)
     if isinstance(spec, str):
         factory = _REGISTRY.get(spec)
         if factory is None:
@@ -190,6 +263,7 @@ __all__ = [
     "VaderSentimentScorer",
     "corpus_distinct_n",
     "distinct_n",
+    "import_reward",
     "list_scorers",
     "make_scorer",
     "register_scorer",
