@@ -129,28 +129,6 @@ def lm_network(policy: nn.Module) -> CausalLMActorCritic:
     raise TypeError(f"{type(policy).__name__} holds no CausalLMActorCritic network.")
 
 
-class _LastLogits:
-    """The logits of the last no-grad rollout call, kept so that a KL penalty can reuse them."""
-
-    def __init__(self) -> None:
-        self.input_ids: torch.Tensor | None = None
-        self.logits: torch.Tensor | None = None
-
-    def store(self, ids: torch.Tensor, logits: torch.Tensor) -> None:
-        self.input_ids, self.logits = ids, logits
-
-    def get(self, ids: torch.Tensor) -> torch.Tensor | None:
-        if (
-            self.input_ids is None
-            or self.logits is None
-            or self.input_ids.shape != ids.shape
-            or self.input_ids.device != ids.device
-            or not torch.equal(self.input_ids, ids.long())
-        ):
-            return None
-        return self.logits
-
-
 class _LMPolicyBase:
     """What every LM policy of this module checks and builds the same way: lm-gym spaces, a
     strict device request, the network (checked against the action space and the window), and a
@@ -248,7 +226,6 @@ class LMPolicyMixin(_LMPolicyBase):
             "attn_implementation": attn_implementation,
         }
         self.kv_cache = RolloutKVCache() if kv_cache else None
-        self._last_logits = _LastLogits()
         super().__init__(  # type: ignore[call-arg]
             observation_space,
             action_space,
@@ -293,8 +270,6 @@ class LMPolicyMixin(_LMPolicyBase):
         cache = self.kv_cache if rollout else None
         h = self.net.last_hidden(ids, mask, cache)
         logits = self.net.logits_from_hidden(h)
-        if rollout:
-            self._last_logits.store(ids, logits)
         values = None
         if with_value:
             if self.net.value_head is None:  # a critic-free algorithm: values are never used
@@ -385,16 +360,6 @@ class LMPolicyMixin(_LMPolicyBase):
         return dist.get_actions(deterministic=deterministic)
 
     # -- KV cache ---------------------------------------------------------------------------------
-
-    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """The LM-head logits of the last rollout call if it was made on exactly ``input_ids``.
-
-        Lets a KL penalty reuse the policy's forward instead of running a second one.
-
-        :param input_ids: ``(batch, length)`` ids the caller's actions were taken on.
-        :return: ``(batch, vocab)`` float32 logits (unmasked), or ``None``.
-        """
-        return self._last_logits.get(input_ids)
 
     def reset_kv_cache(self) -> None:
         """Drop the rollout KV cache (it also resets itself when parameters change)."""
@@ -516,7 +481,6 @@ class LMQNetwork(BasePolicy):
         super().__init__(observation_space, action_space)
         self.net = net
         self.kv_cache = RolloutKVCache() if kv_cache else None
-        self._last_logits = _LastLogits()
 
     def forward(self, obs: PyTorchObs) -> torch.Tensor:
         """Q-values ``(batch, vocab)`` (full forward: replay batches)."""
@@ -527,12 +491,7 @@ class LMQNetwork(BasePolicy):
         ids, mask = _split_obs(observation)
         with torch.no_grad():
             q = self.net.logits_from_hidden(self.net.last_hidden(ids, mask, self.kv_cache))
-        self._last_logits.store(ids, q)
         return q.argmax(dim=1).reshape(-1)
-
-    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """See :meth:`LMPolicyMixin.last_logits` (Q-values read as logits)."""
-        return self._last_logits.get(input_ids)
 
     def set_training_mode(self, mode: bool) -> None:
         """Train/eval switch; training drops the KV cache."""
@@ -624,10 +583,6 @@ class LMDQNPolicy(_LMPolicyBase, DQNPolicy):
     def net(self) -> CausalLMActorCritic:
         """The online Q-network's causal-LM network."""
         return self.q_net.net
-
-    def last_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """See :meth:`LMPolicyMixin.last_logits`."""
-        return self.q_net.last_logits(input_ids)
 
 
 # -- former names, kept for existing imports and saved models (SB3 pickles the policy class) -----

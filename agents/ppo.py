@@ -83,6 +83,7 @@ __all__ = [
     "EpisodePPO",
     "build_episode_index",
     "categorical_log_prob_entropy",
+    "episode_hidden_states",
     "evaluate_episode_actions",
     "find_network",
     "segment_groups",
@@ -249,29 +250,26 @@ def categorical_log_prob_entropy(
     return log_prob, entropy
 
 
-def evaluate_episode_actions(
+def episode_hidden_states(
     network: CausalLMActorCritic,
     index: EpisodeIndex,
     input_ids: th.Tensor,
     batch_inds: np.ndarray,
-    actions: th.Tensor,
-    entropy_grad: bool = True,
-) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-    """Values, log-probabilities and entropies of matched transitions, one forward per segment.
+) -> th.Tensor:
+    """The trunk's hidden state at each matched transition's position, one forward per segment.
 
-    The same quantities as ``policy.evaluate_actions`` on those transitions' observations: the
-    segments touched by ``batch_inds`` are packed (real tokens only, cut after the last position
-    needed), the trunk runs once over the batch with positions ``0..L-1``, and the actor and value
-    heads run on the hidden states of the transitions' positions only.
+    The segments touched by ``batch_inds`` are packed (real tokens only, cut after the last
+    position needed) and run through the trunk once, with positions ``0..L-1``; each transition's
+    hidden state is read at its own position (that of its window's newest token). The same hidden
+    states as ``network.last_hidden`` on each transition's window, up to float rounding. Shared by
+    the update (:func:`evaluate_episode_actions`) and the KL penalty
+    (:func:`agents.kl.episode_action_log_probs`).
 
-    :param network: the policy's actor-critic network (see :func:`find_network`).
+    :param network: the network whose trunk runs.
     :param index: the buffer's episode index; every ``batch_inds`` entry must be matched.
-    :param input_ids: ``(n, W)`` long ids of the flattened buffer, on the policy's device.
+    :param input_ids: ``(n, W)`` long ids of the flattened buffer, on the network's device.
     :param batch_inds: flat indices of the transitions.
-    :param actions: ``(len(batch_inds),)`` long actions.
-    :param entropy_grad: record the entropy's graph (``False`` when the entropy coefficient is 0:
-        the entropy is then only logged, and the gradients are the same).
-    :return: values ``(m,)``, log-probabilities ``(m,)`` and entropies ``(m,)``.
+    :return: ``(len(batch_inds), hidden)``.
     """
     seg = index.segment[batch_inds]
     offset = index.offset[batch_inds]
@@ -294,7 +292,33 @@ def evaluate_episode_actions(
     hidden, _ = network.run_trunk(packed, th.ones_like(packed))
     rows = th.as_tensor(inverse, device=device)
     cols = th.as_tensor(positions, device=device)
-    latent = hidden[rows, cols]
+    return hidden[rows, cols]
+
+
+def evaluate_episode_actions(
+    network: CausalLMActorCritic,
+    index: EpisodeIndex,
+    input_ids: th.Tensor,
+    batch_inds: np.ndarray,
+    actions: th.Tensor,
+    entropy_grad: bool = True,
+) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """Values, log-probabilities and entropies of matched transitions, one forward per segment.
+
+    The same quantities as ``policy.evaluate_actions`` on those transitions' observations: the
+    trunk runs once over the packed segments (:func:`episode_hidden_states`), and the actor and
+    value heads run on the hidden states of the transitions' positions only.
+
+    :param network: the policy's actor-critic network (see :func:`find_network`).
+    :param index: the buffer's episode index; every ``batch_inds`` entry must be matched.
+    :param input_ids: ``(n, W)`` long ids of the flattened buffer, on the policy's device.
+    :param batch_inds: flat indices of the transitions.
+    :param actions: ``(len(batch_inds),)`` long actions.
+    :param entropy_grad: record the entropy's graph (``False`` when the entropy coefficient is 0:
+        the entropy is then only logged, and the gradients are the same).
+    :return: values ``(m,)``, log-probabilities ``(m,)`` and entropies ``(m,)``.
+    """
+    latent = episode_hidden_states(network, index, input_ids, batch_inds)
     logits = network.logits_from_hidden(latent)
     if network.value_head is None:  # critic-free: the policy's values are zeros
         values = th.zeros(latent.shape[0], device=latent.device)

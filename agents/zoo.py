@@ -25,7 +25,8 @@ the model is first fine-tuned on the task's references, RL4LMs' supervised + RL)
 pretrained one (SB3's 3e-4 is far above LM fine-tuning practice). The SB3 agents take every option of
 their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL
 penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
-:class:`agents.kl.KLPenaltyVecEnv`; ``lm-gym train --resume`` continues its adaptive coefficient). An
+:class:`agents.kl.KLPenaltyCallback` after each rollout, :class:`agents.kl.KLPenaltyVecEnv` in the env
+for DQN; ``lm-gym train --resume`` continues its adaptive coefficient). An
 episode that reaches the env's token budget ends in a terminal state for every SB3 agent: no
 ``gamma * V`` bootstrap as after a time limit (:mod:`agents.budget`; ``bootstrap_at_budget=True``
 restores SB3's behaviour). The
@@ -562,12 +563,19 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             venv = TerminalAtBudgetVecEnv(venv)
         callbacks: list[Any] = []
         if kl_coef > 0 or kl_target is not None:
-            from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv
+            from agents import kl
 
-            venv = KLPenaltyVecEnv(
-                venv, coef=kl_coef, target_kl=kl_target, horizon=kl_horizon, min_coef=kl_min_coef
-            )
-            callbacks.append(KLPenaltyCallback())
+            kl_kwargs = {
+                "coef": kl_coef,
+                "target_kl": kl_target,
+                "horizon": kl_horizon,
+                "min_coef": kl_min_coef,
+            }
+            if name == "dqn":  # off-policy: the env-side penalty, step by step
+                venv = kl.KLPenaltyVecEnv(venv, **kl_kwargs)
+                callbacks.append(kl.KLPenaltyVecEnvCallback())
+            else:  # on-policy: from each rollout's buffer, after the rollout
+                callbacks.append(kl.KLPenaltyCallback(**kl_kwargs))
         learn_kwargs: dict[str, Any] = {}
         if name == "nlpo":
             from agents.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer

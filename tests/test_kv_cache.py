@@ -189,10 +189,12 @@ def test_dqn_greedy_rollout_matches_full_recompute(tiny_lm: str):
     for _ in range(30):
         greedy = [p.predict(obs, deterministic=True)[0] for p in policies]
         np.testing.assert_array_equal(greedy[0], greedy[1])
-        ids = torch.as_tensor(obs["input_ids"])
-        np.testing.assert_allclose(
-            policies[0].last_logits(ids).numpy(), policies[1].last_logits(ids).numpy(), atol=ATOL
-        )
+        # the Q-values of that step: each network on the same window again (the cached one
+        # reuses the hidden state its predict() computed)
+        ids, mask = torch.as_tensor(obs["input_ids"]), torch.as_tensor(obs["attention_mask"])
+        with torch.no_grad():
+            q = [p.q_net.net(ids, mask, p.q_net.kv_cache)[0].numpy() for p in policies]
+        np.testing.assert_allclose(q[0], q[1], atol=ATOL)
         # explore, so that episodes do not all repeat the greedy token
         obs, *_ = env.step(np.where(rng.random(4) < 0.5, greedy[0], rng.integers(0, vocab, 4)))
     assert policies[0].q_net.kv_cache.stats["incremental"] > 0

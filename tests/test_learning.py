@@ -25,7 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv
+from agents.kl import KLPenaltyCallback
 from agents.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
 from agents.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
 from lm_gym.tasks.text_generation import TextGenerationEnv
@@ -182,7 +182,7 @@ def test_ppo_learns_sentiment_with_bounded_kl():
     below a collapsed policy's (one token per step: 2 x ln(50257) = 21.6 nats).
 
     The controller does not hold the KL near 4 nats in a run this short, and this test does not
-    claim it (its tracking is tested on a closed loop in tests/test_policies.py). Measured with
+    claim it (its tracking is tested on a closed loop in tests/test_kl.py). Measured with
     this random-init tiny GPT-2: the policy barely moves for ~15 rollouts (KL < 1.5, so the
     coefficient winds down), then its KL jumps past 10 within one update, with the reward gain; a
     coefficient that rises by at most 10-20% a rollout cannot catch up, and a collapsed policy
@@ -191,10 +191,9 @@ def test_ppo_learns_sentiment_with_bounded_kl():
     with the floor held the KL (4.1, 2.4) and lost the gain (0.488 -> 0.515)."""
     set_random_seed(TRAIN_SEED)
     coef, target, horizon = 0.02, 4.0, 256
-    env = KLPenaltyVecEnv(text_env(TRAIN_SEED), coef=coef, target_kl=target, horizon=horizon)
     model = PPO(
         LMActorCriticPolicy,
-        env,
+        text_env(TRAIN_SEED),
         n_steps=16,
         batch_size=32,
         n_epochs=4,
@@ -203,7 +202,7 @@ def test_ppo_learns_sentiment_with_bounded_kl():
         policy_kwargs=TINY,
         seed=TRAIN_SEED,
     )
-    callback = KLPenaltyCallback()
+    callback = KLPenaltyCallback(coef=coef, target_kl=target, horizon=horizon)
     before, after = train_and_compare(model, text_env, 3072, callback=callback)
     kls = np.array([h["kl"] for h in callback.history])
     coefs = np.array([coef] + [h["kl_coef"] for h in callback.history])

@@ -2,8 +2,8 @@
 heads, SmolLM2's 49152-token vocabulary, tied head) through the parts that are not already run with
 it by the ``tiny_lm`` parametrizations of ``test_kv_cache.py``, ``test_policies.py`` and
 ``test_episode_ppo.py``: the network's parts found by role, a model given as a folder, the error
-that names the tokenizer to use, NLPO masks the Gymnasium way, a KL reference given by name, and
-export to a Hugging Face folder. Offline, a few seconds each.
+that names the tokenizer to use, NLPO masks the Gymnasium way, and export to a Hugging Face folder
+(a KL reference given by name: ``tests/test_kl.py``). Offline, a few seconds each.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.export import export_pretrained
-from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv
 from agents.network import CausalLMActorCritic, RolloutKVCache
 from agents.nlpo import NLPOActionMaskWrapper, NLPORolloutBuffer, TopPMasker
 from agents.policies import LMActorCriticPolicy, MaskableLMActorCriticPolicy
@@ -106,36 +105,6 @@ def test_nlpo_env_masks_from_a_llama_masker() -> None:
     model.learn(16)
     assert model.rollout_buffer.packed_masks is not None
     assert model.rollout_buffer.packed_masks.shape[-1] == -(-VOCAB // 8)
-
-
-def test_kl_penalty_with_a_llama_reference_given_by_name() -> None:
-    """A reference given as a model name is built once, frozen, apart from the policy; it starts
-    equal to the policy (same built-in weights), so the first rollout's KL is about 0. A reference
-    of another vocabulary is refused."""
-    env = KLPenaltyVecEnv(_env(2), coef=0.1, reference=LLAMA)
-    reference = env.reference
-    assert reference is not None and reference.lm.config.model_type == "llama"
-    model = PPO(
-        LMActorCriticPolicy,
-        env,
-        n_steps=8,
-        batch_size=16,
-        n_epochs=1,
-        learning_rate=1e-3,
-        seed=0,
-        policy_kwargs={"model": LLAMA},
-    )
-    callback = KLPenaltyCallback()
-    model.learn(32, callback=callback)
-    assert env.reference is reference
-    assert not any(p.requires_grad for p in reference.parameters())
-    assert not {id(p) for p in model.policy.parameters()} & {id(p) for p in reference.parameters()}
-    assert abs(callback.history[0]["kl"]) < 1e-3
-    assert env.reused_policy_logits > 0
-
-    wrong = KLPenaltyVecEnv(_env(1), coef=0.1, reference="tiny-gpt2")
-    with pytest.raises(ValueError, match="Reference vocabulary"):
-        wrong.attach(model.policy)
 
 
 def test_llama_policy_exports_to_a_hf_folder(tmp_path) -> None:

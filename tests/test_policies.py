@@ -1,4 +1,5 @@
-"""LM policies for SB3: construction, weights, errors, devices, save/load, export, NLPO, KL.
+"""LM policies for SB3: construction, weights, errors, devices, save/load, export, NLPO (the KL
+penalty: tests/test_kl.py).
 
 Tests that take ``tiny_lm`` run with each built-in tiny model (GPT-2 and Llama), each on an env
 with the model's tokenizer."""
@@ -23,7 +24,6 @@ from stable_baselines3.common.buffers import DictRolloutBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.export import export_pretrained
-from agents.kl import AdaptiveKLController, KLPenaltyCallback, KLPenaltyVecEnv
 from agents.network import position_ids_from_mask
 from agents.nlpo import (
     NLPOActionMaskWrapper,
@@ -443,170 +443,6 @@ def test_maskable_ppo_with_env_masks():
     )
     model.learn(16)  # use_masking=True: the env's masks, stored bit-packed
     assert model.rollout_buffer.packed_masks is not None
-
-
-# -- KL penalty -----------------------------------------------------------------------------------
-
-
-def test_adaptive_kl_controller():
-    fixed = AdaptiveKLController(0.2)
-    assert fixed.update(100.0, 1000) == 0.2
-    ctl = AdaptiveKLController(0.2, target=1.0, horizon=1000)
-    assert ctl.update(10.0, 500) == pytest.approx(0.2 * 1.1)  # error clipped to +0.2
-    assert ctl.update(0.9, 1000) == pytest.approx(0.2 * 1.1 * 0.9)
-    # a rollout longer than the horizon moves it by 20% at most (TRL's formula would give
-    # 1 - 0.2 * 50 = -9: a negative coefficient, which then falls while the KL is above target)
-    assert ctl.update(0.0, 50_000) == pytest.approx(0.2 * 1.1 * 0.9 * 0.8)
-    assert ctl.update(float("nan"), 1000) == ctl.update(5.0, 0) == ctl.value  # no information
-    floor = AdaptiveKLController(0.05, target=4.0, horizon=100, min_coef=0.05)
-    assert floor.update(0.0, 100) == 0.05  # no wind-down below the floor while KL is ~0
-    assert floor.update(10.0, 100) == pytest.approx(0.06)
-    with pytest.raises(ValueError, match="min_coef"):
-        AdaptiveKLController(0.1, target=1.0, min_coef=0.2)
-
-
-def test_adaptive_kl_controller_never_moves_the_wrong_way():
-    """A scripted KL sequence (per episode; target 4) with rollouts shorter and much longer than
-    the horizon: the coefficient rises while the KL is above target, falls while below, stays put
-    at the target, never changes by more than 20% and stays positive."""
-    target, horizon = 4.0, 256
-    kls = [0.0, 0.1, 1.0, 3.9, 4.0, 4.1, 8.0, 19.0, 21.6, 19.0, 6.0, 4.5, 3.0, -0.5, 0.0, 50.0]
-    sizes = [16, 128, 256, 1000, 128, 50_000]
-    ctl = AdaptiveKLController(0.02, target=target, horizon=horizon)
-    for i, kl in enumerate(kls * 3):
-        before = ctl.value
-        after = ctl.update(kl, sizes[i % len(sizes)])
-        assert after > 0
-        assert np.sign(after - before) == np.sign(kl - target), (i, kl, before, after)
-        assert 0.8 - 1e-12 <= after / before <= 1.2 + 1e-12
-
-
-def test_adaptive_kl_controller_holds_a_plant_at_target():
-    """Closed loop with a scripted plant whose KL is inversely proportional to the coefficient
-    (the KL-regularised optimum's behaviour; here KL = 2 / coef, so coef = 0.5 holds KL = 4):
-    started 5x too low, it reaches the target within 10 updates of one horizon each and stays
-    within 1% of it; a coefficient 10^3 x off moves only 1.2x per horizon (the controller's
-    limit, why its horizon must fit the run)."""
-    ctl = AdaptiveKLController(0.1, target=4.0, horizon=128)
-    kls = []
-    for _ in range(30):
-        kls.append(2.0 / ctl.value)
-        ctl.update(kls[-1], 128)
-    assert kls[0] == pytest.approx(20.0)
-    assert all(abs(kl / 4.0 - 1) < 0.01 for kl in kls[10:])
-    assert ctl.value == pytest.approx(0.5, rel=0.01)
-    slow = AdaptiveKLController(1e-4, target=4.0, horizon=128)
-    for _ in range(10):
-        slow.update(2.0 / slow.value, 128)
-    assert slow.value == pytest.approx(1e-4 * 1.2**10)
-
-
-def test_kl_stats_count_every_episode_of_the_rollout():
-    """The controller sees the mean KL of all the episodes finished since the last rollout, not
-    only the last ``stats_window`` of them, and every env step (summed over envs)."""
-    env = KLPenaltyVecEnv(make_env(2, max_new_tokens=2), coef=0.1, target_kl=1.0, stats_window=3)
-    script = iter(np.arange(1.0, 41.0))  # token KLs 1, 2, ..., 40 (two envs, 20 steps)
-    env.token_kl = lambda obs, actions: np.array([next(script), next(script)])
-    env.reset()
-    for _ in range(20):  # 20 steps of 2 envs with 2-token episodes: 20 episodes
-        env.step(np.array([15, 16]))
-    assert len(env.episode_kl) == 3  # the recent window
-    assert env.steps_since_update == 40
-    stats = env.pop_episode_stats()
-    assert stats["episodes"] == 20
-    assert stats["kl"] == pytest.approx(np.arange(1.0, 41.0).sum() / 20)
-    assert stats["kl_per_token"] == pytest.approx(np.arange(1.0, 41.0).mean())
-    assert env.pop_episode_stats() == {}  # nothing stale is served twice
-    assert env.update_coef(stats["kl"]) == pytest.approx(0.1 * (1 + 0.2 * 40 / 10_000))
-    assert env.steps_since_update == 0
-
-
-def test_kl_coef_is_checkpointed_and_restored_on_resume(tmp_path):
-    """``train_run`` keeps the adaptive coefficient in ``state.json``; a resumed run continues
-    with it (not with ``kl_coef``), and its KL reference is the starting model, not the
-    checkpoint's policy."""
-    import json
-
-    from agents import training
-    from agents.hyperparams import RunConfig
-    from agents.kl import kl_wrapper_of
-    from agents.policies import lm_network
-
-    hyper = {"model": "tiny-gpt2", "n_steps": 16, "batch_size": 16, "n_epochs": 1}
-    hyper.update(kl_coef=0.1, kl_target=1e3, kl_horizon=16)  # KL far below target: -20% a rollout
-    config = RunConfig("LMCountUp-v0", "ppo", seed=0, n_timesteps=32, hyperparams=hyper)
-    config.env_kwargs = {"max_new_tokens": 2}
-    out = tmp_path / "run"
-    training.train_run(config, out, progress=False)
-    saved = json.loads((out / "final" / "state.json").read_text())["kl_controller"]
-    assert saved == {
-        "coef": pytest.approx(0.1 * 0.8**2),
-        "target": 1e3,
-        "horizon": 16,
-        "min_coef": 0,
-    }
-
-    seen = {}
-
-    def spy(locals_, globals_):
-        if not seen:
-            agent = locals_["self"]
-            wrapper = kl_wrapper_of(agent)
-            seen["coef"] = wrapper.coef
-            ref = dict(wrapper.reference.named_parameters())
-            net = lm_network(agent.policy)
-            seen["same_as_policy"] = all(
-                torch.equal(p, ref[name]) for name, p in net.named_parameters() if name in ref
-            )
-        return True
-
-    resumed = training.train_run(
-        None, out, resume=True, n_timesteps=64, progress=False, callback=spy
-    )
-    assert resumed.resumed_from == 32
-    assert seen["coef"] == pytest.approx(saved["coef"])
-    assert not seen["same_as_policy"]  # the reference was not copied from the checkpoint
-    final = json.loads((out / "final" / "state.json").read_text())["kl_controller"]
-    assert final["coef"] == pytest.approx(0.1 * 0.8**4)  # two more rollouts from the saved coef
-
-
-@pytest.mark.parametrize("name", list(ALGOS))
-def test_kl_penalty_with_every_algorithm(name, tiny_lm):
-    env = KLPenaltyVecEnv(make_env(2, model=tiny_lm), coef=0.1, target_kl=1.0, horizon=100)
-    model = build(name, env=env, model=tiny_lm)
-    callback = KLPenaltyCallback()
-    if name == "MaskablePPO":
-        model.learn(32, use_masking=False, callback=callback)
-    else:
-        model.learn(32, callback=callback)
-    assert env.reference is not None and not any(
-        p.requires_grad for p in env.reference.parameters()
-    )
-    assert callback.history, "no episode statistics logged"
-    first = callback.history[0]
-    assert {"kl", "kl_per_token", "task_reward", "kl_coef"} <= set(first)
-    assert abs(first["kl"]) < 1e-3  # first rollout: policy == reference
-    if name != "DQN":  # DQN explores without a policy forward: the wrapper computes log pi itself
-        assert env.reused_policy_logits > 0
-    assert env.coef != 0.1  # adapted
-
-
-def test_kl_reference_is_made_once_and_shared():
-    env = KLPenaltyVecEnv(make_env(2), coef=0.1)
-    model = build("PPO", env=env)
-    model.learn(16, callback=KLPenaltyCallback())
-    reference = env.reference
-    model.learn(16, callback=KLPenaltyCallback(), reset_num_timesteps=False)
-    assert env.reference is reference
-    policy_ids = {id(p) for p in model.policy.parameters()}
-    assert not policy_ids & {id(p) for p in reference.parameters()}
-
-
-def test_kl_wrapper_without_policy_is_a_clear_error():
-    env = KLPenaltyVecEnv(make_env(1), coef=0.1)
-    env.reset()
-    with pytest.raises(RuntimeError, match="KLPenaltyCallback"):
-        env.step(np.array([1]))
 
 
 def test_former_gpt2_names_are_aliases():
