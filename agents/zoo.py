@@ -438,6 +438,10 @@ def _algo_class(name: str) -> type:
         from agents.ppo import EpisodePPO
 
         return EpisodePPO
+    if name in GROUP_ALGORITHMS:
+        from agents.grpo import GroupRelativePPO
+
+        return GroupRelativePPO
     if name == "a2c":
         from stable_baselines3 import A2C
 
@@ -489,18 +493,26 @@ _MANAGED = {"self", "policy", "env", "tensorboard_log", "_init_setup_model"}
 _EXTRA_OPTIONS = {
     "nlpo": ("nlpo_top_p", "mask_update_every"),
     "ppo": ("episode_eval", "episode_minibatches"),
+    "grpo": ("episode_eval", "episode_minibatches"),
+    "rloo": ("episode_eval", "episode_minibatches"),
 }
+#: The group-relative, critic-free agents (agents.grpo.GroupRelativePPO) and their advantage.
+GROUP_ALGORITHMS = {"grpo": "grpo", "rloo": "rloo"}
 
 
 def _algo_option_names(name: str) -> list[str]:
     cls = _algo_class(name)
-    if name == "ppo":  # EpisodePPO forwards *args, **kwargs to PPO
+    params = dict(inspect.signature(cls.__init__).parameters)
+    if name == "ppo" or name in GROUP_ALGORITHMS:  # they forward **kwargs to SB3's PPO
         from stable_baselines3 import PPO
 
-        cls = PPO
-    params = inspect.signature(cls.__init__).parameters
+        params = {**inspect.signature(PPO.__init__).parameters, **params}
+        params.pop("advantage", None)  # fixed by the agent's name
     own = [
-        p for p in params if p not in _MANAGED and params[p].kind != inspect.Parameter.VAR_KEYWORD
+        p
+        for p in params
+        if p not in _MANAGED
+        and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     ]
     return sorted(set(own) | set(SB3_COMMON_OPTIONS) | set(_EXTRA_OPTIONS.get(name, ())))
 
@@ -555,7 +567,16 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         if name == "nlpo" and "nlpo_top_p" in extra:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
         venv = _vec_env(env, int(n_envs))
-        if name == "ppo":  # EpisodePPO decides it itself
+        if name in GROUP_ALGORITHMS:
+            from agents.grpo import GroupedResetVecEnv
+
+            pk.setdefault("value_head", False)  # critic-free
+            algo_kwargs["advantage"] = GROUP_ALGORITHMS[name]
+            if isinstance(model, str):  # a resumed run keeps the starting model as reference
+                algo_kwargs.setdefault("kl_reference", model)
+            group_size = int(algo_kwargs.setdefault("group_size", 4))
+            venv = GroupedResetVecEnv(venv, group_size)  # innermost: see agents.grpo
+        if name == "ppo" or name in GROUP_ALGORITHMS:  # EpisodePPO decides it itself
             algo_kwargs["bootstrap_at_budget"] = bool(bootstrap_at_budget)
         elif not bootstrap_at_budget:
             from agents.budget import TerminalAtBudgetVecEnv
@@ -583,7 +604,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             algo_kwargs.setdefault("rollout_buffer_class", NLPORolloutBuffer)
             callbacks.append(NLPOMaskUpdateCallback(int(extra.get("mask_update_every", 4))))
             learn_kwargs["use_masking"] = False  # the policy masks itself (NLPO top-p)
-        if name == "ppo":
+        if name == "ppo" or name in GROUP_ALGORITHMS:
             for option in ("episode_eval", "episode_minibatches"):
                 if option in extra:
                     algo_kwargs[option] = bool(extra[option])
@@ -612,6 +633,8 @@ SB3_ALGORITHMS = {
     "trpo": "TRPO (sb3-contrib) with the causal-LM actor-critic policy",
     "nlpo": "NLPO: MaskablePPO with top-p masks from a lagged copy of the LM policy",
     "dqn": "DQN with a causal-LM Q-network over the vocabulary",
+    "grpo": "GRPO: group-normalised episode advantages, clipped ratio, no critic",
+    "rloo": "RLOO: leave-one-out group baseline policy gradient, no critic",
 }
 
 

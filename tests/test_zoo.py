@@ -53,6 +53,8 @@ ZOO = {
     "nlpo",
     "dqn",
     "trpo",
+    "grpo",
+    "rloo",
 }
 
 #: One env per task family, with short windows (the test budget, not the task, sets them).
@@ -70,6 +72,8 @@ TINY = {
     "ppo": {"n_steps": 8, "batch_size": 8, "n_epochs": 1},
     "nlpo": {"n_steps": 8, "batch_size": 8, "n_epochs": 1},
     "a2c": {"n_steps": 4},
+    "grpo": {"n_envs": 2, "group_size": 2, "n_steps": 6, "batch_size": 12, "n_epochs": 1},
+    "rloo": {"n_envs": 2, "group_size": 2, "n_steps": 6, "batch_size": 12},
     "trpo": {
         "n_steps": 8,
         "batch_size": 8,
