@@ -337,8 +337,10 @@ def make_ppo(
     kv_cache: bool = True,
     learning_rate: float = 1e-5,
     episode_eval: bool = True,
+    group_size: int = 0,
 ) -> Any:
-    """An :class:`agents.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without outputs.
+    """An :class:`agents.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without outputs;
+    with ``group_size`` a :class:`agents.grpo.GroupRelativePPO` (GRPO, no value head).
 
     :param env: the vector env.
     :param model_name: a built-in model name, hub id or folder.
@@ -350,13 +352,22 @@ def make_ppo(
     :param kv_cache: the policy's rollout KV cache.
     :param learning_rate: learning rate.
     :param episode_eval: EpisodePPO's episode-level update (False: stock evaluation).
+    :param group_size: 0 for PPO; ``G >= 2`` for GRPO with groups of ``G`` envs (the envs are
+        wrapped in :class:`agents.grpo.GroupedResetVecEnv` when learning starts).
     """
     from stable_baselines3.common.logger import Logger
 
+    from agents.grpo import GroupRelativePPO
     from agents.policies import LMActorCriticPolicy
     from agents.ppo import EpisodePPO
 
-    model = EpisodePPO(
+    policy_kwargs: dict[str, Any] = {"model": model_name, "kv_cache": kv_cache}
+    algo: Any = EpisodePPO
+    extra: dict[str, Any] = {}
+    if group_size:
+        algo, extra = GroupRelativePPO, {"group_size": group_size}
+        policy_kwargs["value_head"] = False
+    model = algo(
         LMActorCriticPolicy,
         env,
         n_steps=n_steps,
@@ -366,7 +377,8 @@ def make_ppo(
         device=device,
         seed=seed,
         episode_eval=episode_eval,
-        policy_kwargs={"model": model_name, "kv_cache": kv_cache},
+        policy_kwargs=policy_kwargs,
+        **extra,
     )
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
