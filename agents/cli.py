@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -575,13 +576,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     _quiet_libraries()
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # SIGTERM stops as Ctrl-C does
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.debug:
             raise
         print(f"lm-gym {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (terminated[0] if terminated else int(signal.SIGINT))
     except BrokenPipeError:  # `lm-gym envs --json | head`: the reader has gone
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
@@ -594,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (--debug shows the traceback)" if isinstance(exc, RunSetupError) else ""
         print(f"lm-gym {args.command}: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,7 @@ class _Progress:
             file=sys.stderr,
         )
         self.episodes_logged = len(monitor.get_episode_rewards())
+        self.episodes_start = self.episodes_logged  # episodes before the monitor file was open
         self.reported_reward: float | None = None
         self.writer = None
         try:
@@ -346,7 +347,10 @@ class _Progress:
         """What a checkpoint's ``state.json`` records besides the step: the episodes of this call
         and the rows of ``train.monitor.csv`` (a resume cuts the file back to them)."""
         episodes = len(self.monitor.get_episode_rewards())
-        return {"episodes": episodes, "monitor_rows": self.rows_start + episodes}
+        return {
+            "episodes": episodes,
+            "monitor_rows": self.rows_start + episodes - self.episodes_start,
+        }
 
     def close(self) -> None:
         """Close the bar and the TensorBoard writer."""

@@ -313,3 +313,212 @@ def test_distributed_flags_are_agent_options(tmp_path: Path, capsys) -> None:
     )  # fmt: skip
     assert code != 0 and "no option 'num_env_runners'" in err
     assert not (tmp_path / "run" / "final").exists()
+
+
+# -- interruption, damaged checkpoints, logs ------------------------------------------------------
+
+TOY_PPO = [
+    "LMToy-v0", "--agent", "ppo", "--model", "tiny-gpt2", "--set", "n_steps=8", "--set",
+    "batch_size=8", "--set", "n_epochs=1", "--checkpoint-freq", "8",
+]  # fmt: skip
+
+
+def monitor_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "train.monitor.csv").open() as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def progress_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "tb" / "progress.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_signals_leave_a_resumable_run(tmp_path: Path) -> None:
+    """SIGINT and SIGTERM sent to a real ``lm-gym train`` at random points (once while a checkpoint
+    is being written) leave a run that resumes to the same final step, with every training episode
+    in ``train.monitor.csv`` exactly once (fixed-length episodes: their lengths add up to the
+    steps) and the agent's log appended, not rewritten."""
+    import os
+    import random
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("lm-gym")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "agents.cli"]
+    out = tmp_path / "run"
+    first = [*cmd, "train", *TOY_PPO, "--env-set", "stop_on_eos=false", "--steps", "96"]
+    resume = [*cmd, "train", "--resume"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(13)
+    plan = [(signal.SIGINT, "checkpoint"), (signal.SIGTERM, "write")]
+    interrupts = 0
+    for i, (sig, moment) in enumerate(plan):
+        args = (first if i == 0 else resume) + ["--no-progress", "--out", str(out)]
+        done = {p.name for p in (out / "checkpoints").glob("step_*")} if out.exists() else set()
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            names = {p.name for p in (out / "checkpoints").glob("step_*")}
+            if moment == "write" and any(n.endswith(".tmp") for n in names - done):
+                break  # a checkpoint is being written now
+            if moment == "write" and len(names - done) >= 4:
+                break  # the writes were too quick to catch: any point will do
+            if moment == "checkpoint" and any(not n.endswith(".tmp") for n in names - done):
+                time.sleep(rng.uniform(0.0, 0.3))
+                break
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 128 + sig), stderr.decode()
+        assert b"Traceback" not in stderr, stderr.decode()
+        interrupts += proc.returncode != 0
+    proc = subprocess.run(
+        [*resume, "--no-progress", "--out", str(out)], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert interrupts == 2
+    assert json.loads((out / "final" / "state.json").read_text())["num_timesteps"] == 96
+    episodes = monitor_rows(out)
+    assert {e["l"] for e in episodes} == {"2"}  # stop_on_eos=false: every episode is 2 tokens
+    assert sum(int(e["l"]) for e in episodes) == 96  # no episode lost, none twice
+    steps = [int(r["time/total_timesteps"]) for r in progress_rows(out)]
+    assert steps[0] == 8 and steps[-1] == 96  # appended: the first run's rows are still there
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.old"))  # no half-written folder
+
+
+def test_resume_skips_a_damaged_checkpoint(capsys, tmp_path: Path) -> None:
+    """A damaged newest checkpoint: ``--resume`` says so and continues from the one before;
+    ``--checkpoint`` picks one; the logs of the earlier runs are kept."""
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys, "train", *TOY_PPO, "--steps", "32", "--out", str(out), "--no-progress"
+    )
+    assert code == 0, err
+    first_progress = progress_rows(out)
+    newest = training.latest_checkpoint(out)[1]
+    assert newest.name == "step_000000032"
+    (newest / "agent.zip").write_bytes(b"not a zip file")
+    (out / "final" / "agent.zip").write_bytes(b"")  # the same agent as step 32, damaged too
+    code, stdout, err = run(
+        capsys, "train", "--resume", "--steps", "40", "--out", str(out), "--no-progress"
+    )
+    assert code == 0, err
+    assert "step_000000032" in err and "final" in err and "do not load" in err
+    assert "resuming from" in err and "step_000000024" in err
+    assert "resumed from step 24" in stdout and "trained to step 40" in stdout
+    assert progress_rows(out)[: len(first_progress)] == first_progress  # appended
+    assert sum(int(e["l"]) for e in monitor_rows(out)) <= 40
+    # --checkpoint picks the one to continue from
+    pick = out / "checkpoints" / "step_000000024"
+    code, stdout, err = run(
+        capsys, "train", "--resume", "--steps", "48", "--checkpoint", str(pick), "--out", str(out),
+        "--no-progress",
+    )  # fmt: skip
+    assert code == 0 and "resumed from step 24" in stdout and "trained to step 48" in stdout
+
+
+def test_trpo_resumes(capsys, tmp_path: Path) -> None:
+    """TRPO's eager attention is a saved policy option: the resumed policy keeps it (the fused
+    attention kernel has no double backward)."""
+    out = tmp_path / "trpo"
+    code, _, err = run(
+        capsys, "train", "LMToy-v0", "--agent", "trpo", "--model", "tiny-gpt2", "--steps", "8",
+        "--set", "n_steps=8", "--set", "batch_size=8", "--set", "cg_max_steps=2",
+        "--set", "n_critic_updates=1", "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    code, stdout, err = run(
+        capsys, "train", "--resume", "--steps", "16", "--out", str(out), "--no-progress"
+    )
+    assert code == 0 and "trained to step 16" in stdout, err
+
+
+def test_eval_notes_interrupt_and_reference_name(capsys, tmp_path: Path, monkeypatch) -> None:
+    """eval names the reference model it really used, explains the summary's keys, warns once
+    about the offline fallback, and a Ctrl-C ends it without a traceback."""
+    out = tmp_path / "run"
+    code, *_ = run(capsys, "train", ENV, "--agent", "random", "--steps", "8", "--out", str(out))
+    assert code == 0
+    code, stdout, err = run(
+        capsys, "eval", str(out), "--episodes", "2", "--reference", "gpt2", "--no-progress"
+    )
+    assert code == 0, err
+    assert "reference LM tiny-gpt2 (random init: 'gpt2' is not reachable offline)" in stdout
+    assert "corpus_distinct-n: distinct n-grams of all the texts pooled" in stdout
+    assert err.count("cannot load 'gpt2'") <= 1
+
+    import agents.evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agents.evaluation, "evaluate_agent", interrupted)
+    code, _, err = run(capsys, "eval", str(out), "--no-reference", "--no-progress")
+    assert code == 130 and "lm-gym eval: interrupted" in err and "Traceback" not in err
+
+
+def test_own_data_and_reward_from_another_folder(capsys, tmp_path: Path, monkeypatch) -> None:
+    """The README's own-data example: a JSONL file and a reward function in a file, named with
+    relative paths; config.yaml stores them absolute, so eval works from any folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [{"prompt": f"Review {i}:", "references": [f"good film {i}"]} for i in range(40)]
+    (work / "my_data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (work / "my_reward.py").write_text(
+        "def brevity(texts, prompts, references):\n    return [1.0 / (1 + len(t)) for t in texts]\n"
+    )
+    monkeypatch.chdir(work)
+    code, _, err = run(
+        capsys, "train", "LMText-v0", "--agent", "random", "--env-set", "dataset=my_data.jsonl",
+        "--env-set", "max_new_tokens=4", "--reward", "my_reward.py:brevity", "--steps", "16",
+        "--out", "runs/own",
+    )  # fmt: skip
+    assert code == 0, err
+    config = RunConfig.load(work / "runs" / "own" / "config.yaml")
+    assert config.env_kwargs["dataset"] == str(work / "my_data.jsonl")
+    assert config.env_kwargs["reward"] == f"{work / 'my_reward.py'}:brevity"
+    assert all(0 < float(e["r"]) <= 1 for e in monitor_rows(work / "runs" / "own"))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(capsys, "eval", "work/runs/own", "--no-reference", "--no-progress")
+    assert code == 0 and "mean_reward" in stdout, err
+
+
+def test_small_cli_items(capsys) -> None:
+    """bench --help names the command; the CLI hides transformers' weight-loading bars;
+    ``envs --json | head`` ends quietly."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0 and "usage: lm-gym bench" in capsys.readouterr().out
+
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    try:
+        assert main(["envs", "--offline"]) == 0
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+    capsys.readouterr()
+
+    exe = Path(sys.executable).with_name("lm-gym")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "agents.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "envs", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    )
+    assert proc.stdout.read(1) == b"["
+    proc.stdout.close()  # `| head -c 1`
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"BrokenPipeError" not in stderr, stderr.decode()
+
+
+def test_readme_make_vec_env_examples_pass_render_mode() -> None:
+    """SB3's make_vec_env asks for render_mode="rgb_array" unless told: every README example passes
+    render_mode=None, so none prints Gymnasium's render-mode warning."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    calls = re.findall(r"make_vec_env\((.*?)\)\n", readme, flags=re.S)
+    assert calls
+    for call in calls:
+        assert '"render_mode": None' in call, call

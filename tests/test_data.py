@@ -506,3 +506,32 @@ def test_hub_path_calls(hf, monkeypatch):
         ("wmt/wmt16", "de-en", "validation", {}),
         ("abisee/cnn_dailymail", "3.0.0", "test", {}),
     ]
+
+
+def test_lm_gym_offline_puts_datasets_offline(tmp_path) -> None:
+    """``LM_GYM_OFFLINE=1`` alone (no ``HF_HUB_OFFLINE``) switches ``datasets`` to offline mode, even
+    when it was imported first: a hub data set not in the cache fails at once, naming the
+    variable, with no hub retries."""
+    import os
+
+    pytest.importorskip("datasets")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
+    env.update(LM_GYM_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), LM_GYM_CACHE=str(tmp_path / "c"))
+    code = (
+        "import datasets\n"
+        "from lm_gym.data.online import import_datasets, load_imdb\n"
+        "import_datasets()\n"
+        "print('offline', datasets.config.HF_HUB_OFFLINE)\n"
+        "try:\n"
+        "    load_imdb('test', max_samples=1)\n"
+        "except ConnectionError as exc:\n"
+        "    print('error', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "offline True" in out.stdout, out.stderr
+    assert "error 'stanfordnlp/imdb' is not in the local `datasets` cache" in out.stdout
+    assert "LM_GYM_OFFLINE=1" in out.stdout and "Retrying" not in out.stderr
