@@ -103,6 +103,16 @@ ENV_ENTRIES: tuple[EnvEntry, ...] = (
         "lm_gym.tasks.toy:LMWordSortEnv",
         summary="write 3 words in alphabetical order (5-word vocabulary); exact solution",
     ),
+    EnvEntry(
+        "LMGuessNumber-v0",
+        "lm_gym.tasks.guess_number:LMGuessNumberEnv",
+        summary="multi-turn: guess a number 1-100, partner says higher/lower; win reward, turn cost",
+    ),
+    EnvEntry(
+        "LMGuessNumberWords-v0",
+        "lm_gym.tasks.guess_number:LMGuessNumberWordsEnv",
+        summary="multi-turn: guess 1-7 in 3 turns (12-word vocabulary); exact optimum: binary search",
+    ),
 )
 
 

@@ -1,0 +1,239 @@
+"""Multi-turn envs: token faithfulness across turns, partners, per-turn rewards, checkers, vector
+envs, pickling, the guessing game's exact optimum and the dialogue tasks."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import lm_gym
+from lm_gym.envs.multiturn import (
+    END_REASONS,
+    MultiTurnEnv,
+    PartnerReply,
+    ScriptedPartner,
+    make_partner,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _entry_class(env_id: str) -> type:
+    import importlib
+
+    module, name = str(gym.spec(env_id).entry_point).split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+MULTI_TURN_IDS = [
+    e.id
+    for e in lm_gym.list_envs(include_online=False)
+    if issubclass(_entry_class(e.id), MultiTurnEnv)
+]
+
+
+def play(env: gym.Env, seed: int, policy=None, max_steps: int = 10_000):
+    """One episode with seeded random actions (or ``policy(obs, rng)``): actions, rewards, infos,
+    observations."""
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    actions, rewards, infos, observations = [], [], [], [obs]
+    for _ in range(max_steps):
+        a = int(rng.integers(env.action_space.n)) if policy is None else int(policy(obs, rng))
+        obs, r, term, trunc, info = env.step(a)
+        actions.append(a)
+        rewards.append(r)
+        infos.append(info)
+        observations.append(obs)
+        if term or trunc:
+            return actions, rewards, infos, observations
+    raise AssertionError("episode did not end")
+
+
+def echo_partner(messages, sample):
+    """Repeats the agent's turn back in capitals; ends after 3 agent turns."""
+    n = sum(m["role"] == "assistant" for m in messages)
+    return PartnerReply(f"You said {messages[-1]['content'].strip()!r}.", done=n >= 3)
+
+
+def small_chat(**kwargs) -> MultiTurnEnv:
+    cfg = dict(
+        partner=echo_partner,
+        reward="distinct-1",
+        max_turns=5,
+        max_turn_tokens=6,
+        max_prompt_tokens=16,
+        max_new_tokens=96,
+    )
+    cfg.update(kwargs)
+    return MultiTurnEnv(**cfg)
+
+
+# -- the core ---------------------------------------------------------------------------------------
+
+
+def test_multi_turn_ids_are_registered() -> None:
+    assert {"LMGuessNumber-v0", "LMGuessNumberWords-v0"} <= set(MULTI_TURN_IDS)
+
+
+@pytest.mark.parametrize("env_id", MULTI_TURN_IDS)
+def test_checkers_pass_without_warnings(env_id: str) -> None:
+    env = gym.make(env_id).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=True)
+
+
+@pytest.mark.parametrize("env_id", MULTI_TURN_IDS)
+def test_agent_ids_are_exactly_the_actions_across_turns(env_id: str) -> None:
+    env = gym.make(env_id).unwrapped
+    for seed in range(3):
+        actions, rewards, infos, observations = play(env, seed)
+        last = observations[-1]
+        agent = env.agent_token_mask()
+        np.testing.assert_array_equal(last["input_ids"][agent], actions)
+        assert (last["attention_mask"][agent] == 1).all()
+        # every observation is the previous one plus the new ids (nothing re-tokenised)
+        for before, after in itertools.pairwise(observations):
+            n_before = int(before["attention_mask"].sum())
+            n_after = int(after["attention_mask"].sum())
+            assert n_after > n_before
+            np.testing.assert_array_equal(
+                after["input_ids"][-n_after:][:n_before], before["input_ids"][-n_before:]
+            )
+        assert infos[-1]["end_reason"] in END_REASONS
+        assert infos[-1]["num_new_tokens"] == len(actions)
+        assert all(type(r) is float for r in rewards)
+        assert sum(rewards) == pytest.approx(infos[-1]["metrics"]["return"])
+
+
+def test_turns_end_on_stop_string_eos_and_budget() -> None:
+    env = small_chat()
+    tok = env.tokenizer
+    env.reset(seed=0, options={"prompt": "Hello there"})
+    # a turn ending with a newline
+    ids = tok.encode(" Hi friend\n")
+    out = [env.step(t) for t in ids]
+    assert [o[4] != {} for o in out] == [False] * (len(ids) - 1) + [True]
+    info = out[-1][4]
+    assert info["turn"] == 0 and info["turn_text"] == " Hi friend"
+    assert info["reply"] == "You said 'Hi friend'."
+    assert out[-1][1] == pytest.approx(info["turn_reward"])
+    assert info["turn_reward"] == info["turn_metrics"]["distinct-1"] == 1.0
+    # a turn ending with EOS
+    env.step(tok.encode(" ok")[0])
+    _, _, term, trunc, info = env.step(tok.eos_token_id)
+    assert info["turn"] == 1 and info["turn_text"] == " ok" and not (term or trunc)
+    # a turn cut by the per-turn budget (6 tokens), which also ends the conversation (3 turns)
+    for t in tok.encode(" one two three four five six seven")[:6]:
+        obs, _, term, trunc, info = env.step(t)
+    assert term and not trunc
+    assert info["turn_text"] == " one two three four five six"
+    assert info["end_reason"] == "partner_end"
+    assert [t["text"] for t in info["turns"]] == [
+        " Hi friend",
+        " ok",
+        " one two three four five six",
+    ]
+    text = env.tokenizer.decode(obs["input_ids"][obs["attention_mask"] == 1])
+    assert text == (
+        "User: Hello there\nAssistant: Hi friend\nUser: You said 'Hi friend'.\nAssistant: ok"
+        "<|endoftext|>\nUser: You said 'ok'.\nAssistant: one two three four five six"
+    )
+    assert [m["role"] for m in info["conversation"]] == ["user", "assistant"] * 3 + ["user"]
+
+
+def test_turn_limit_and_window_full() -> None:
+    env = small_chat(partner=lambda m, s: "go on", max_turns=2)
+    env.reset(seed=0, options={"prompt": "Hi"})
+    nl = env.tokenizer.encode("\n")[0]
+    assert env.step(nl)[2:4] == (False, False)
+    _, _, term, trunc, info = env.step(nl)
+    assert term and not trunc and info["end_reason"] == "turn_limit"
+    assert not info["token_budget_reached"]
+
+    env = small_chat(partner=lambda m, s: "go on", max_new_tokens=12)
+    env.reset(seed=0, options={"prompt": "Hi"})
+    steps = 0
+    while True:
+        _, _, term, trunc, info = env.step(11)  # "," : never ends a turn before its budget
+        steps += 1
+        if term or trunc:
+            break
+    assert trunc and not term and info["end_reason"] == "window_full"
+    assert info["token_budget_reached"]
+    assert steps == 6  # one 6-token turn; the reply and one more token would not fit
+
+
+def test_determinism_and_pickling() -> None:
+    env = gym.make("LMGuessNumber-v0").unwrapped
+    a = play(env, seed=5)
+    b = play(env, seed=5)
+    assert a[0] == b[0] and a[1] == b[1]
+    np.testing.assert_array_equal(a[3][-1]["input_ids"], b[3][-1]["input_ids"])
+
+    env.reset(seed=7)
+    tok = env.tokenizer
+    for t in tok.encode(" 50\n 2"):
+        env.step(t)
+    clone = pickle.loads(pickle.dumps(env))
+    for t in tok.encode("5\n"):
+        x, y = env.step(t), clone.step(t)
+        np.testing.assert_array_equal(x[0]["input_ids"], y[0]["input_ids"])
+        assert x[1:4] == y[1:4]
+    np.testing.assert_array_equal(env.agent_token_mask(), clone.agent_token_mask())
+
+
+@pytest.mark.parametrize("vec_cls", [DummyVecEnv, SubprocVecEnv])
+def test_sb3_vec_envs(vec_cls) -> None:
+    venv = make_vec_env("lm_gym:LMGuessNumberWords-v0", n_envs=2, seed=0, vec_env_cls=vec_cls)
+    try:
+        obs = venv.reset()
+        assert obs["input_ids"].shape == (2, 7)
+        finished = 0
+        for _ in range(9):
+            obs, _, dones, infos = venv.step(np.array([0, 1]))  # always "1" / "2"
+            for done, info in zip(dones, infos):
+                if done:
+                    finished += 1
+                    assert "terminal_observation" in info and info["end_reason"] in END_REASONS
+        assert finished >= 2
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("async_", [False, True])
+def test_gymnasium_vector_envs(async_: bool) -> None:
+    venv = gym.make_vec(
+        "lm_gym:LMGuessNumberWords-v0", num_envs=2, vectorization_mode="async" if async_ else "sync"
+    )
+    try:
+        obs, _ = venv.reset(seed=0)
+        assert obs["input_ids"].shape == (2, 7)
+        for _ in range(3):
+            obs, _, term, trunc, _ = venv.step(np.array([11, 11]))  # <eos>: empty turns
+        assert term.all() and not trunc.any()
+    finally:
+        venv.close()
+
+
+def test_partners_and_errors() -> None:
+    with pytest.raises(ValueError, match="Unknown partner"):
+        make_partner("no-such-partner")
+    assert isinstance(make_partner(echo_partner), ScriptedPartner)
+    with pytest.raises(ValueError, match="needs a partner"):
+        MultiTurnEnv(reward="distinct-1")
+    env = small_chat(partner=lambda m, s: 3)
+    env.reset(seed=0, options={"prompt": "Hi"})
+    with pytest.raises(TypeError, match="returned int"):
+        env.step(env.tokenizer.eos_token_id)
