@@ -237,3 +237,82 @@ def test_partners_and_errors() -> None:
     env.reset(seed=0, options={"prompt": "Hi"})
     with pytest.raises(TypeError, match="returned int"):
         env.step(env.tokenizer.eos_token_id)
+
+
+# -- the guessing game ------------------------------------------------------------------------------
+
+
+def test_guess_number_rewards_and_secret_option() -> None:
+    env = gym.make("LMGuessNumber-v0").unwrapped
+    tok = env.tokenizer
+    env.reset(options={"secret": 30})
+    rewards, infos = [], []
+    for guess in (" 50\n", " 25\n", " hello\n", " 30\n"):
+        for t in tok.encode(guess):
+            _, r, term, trunc, info = env.step(t)
+        rewards.append(r)
+        infos.append(info)
+    assert [i["reply"] for i in infos] == [
+        "Lower.",
+        "Higher.",
+        "Please answer with a whole number from 1 to 100.",
+        "Correct!",
+    ]
+    assert rewards == pytest.approx([-0.1, -0.1, -0.1, 0.9])
+    assert term and not trunc and infos[-1]["end_reason"] == "goal"
+    assert infos[-1]["metrics"]["win"] == 1.0 and infos[-1]["metrics"]["turns"] == 4
+    with pytest.raises(ValueError, match="outside"):
+        env.reset(options={"secret": 101})
+    secrets = {env.reset(seed=s)[0]["input_ids"].sum() for s in range(3)}
+    assert len(secrets) == 1  # the number is hidden: the observation does not depend on it
+    assert len({env.reset(seed=s) and env.sample.meta["secret"] for s in range(10)}) > 3
+
+
+@pytest.fixture(scope="module")
+def guess_words_solution():
+    from agents.belief import BeliefMDP
+    from agents.mdp import value_iteration
+
+    mdp = BeliefMDP.from_env("LMGuessNumberWords-v0")
+    return mdp, value_iteration(mdp)
+
+
+def test_small_guessing_game_optimum_is_binary_search(guess_words_solution) -> None:
+    from agents.mdp import policy_iteration, state_key
+
+    mdp, solution = guess_words_solution
+    env = gym.make("LMGuessNumberWords-v0").unwrapped
+    tok = env.tokenizer
+
+    def best(words: list[str]) -> str:
+        key = tuple(tok.convert_tokens_to_ids(w) for w in ["guess", *words])
+        q = solution.q_values[mdp.index[key]]
+        assert (q >= q.max() - 1e-9).sum() == 1  # a unique optimal action
+        return tok.convert_ids_to_tokens(int(q.argmax()))
+
+    assert best([]) == "4"
+    assert best(["4", "lower"]) == "2" and best(["4", "higher"]) == "6"
+    assert best(["4", "lower", "2", "lower"]) == "1"
+    assert best(["4", "lower", "2", "higher"]) == "3"
+    assert best(["4", "higher", "6", "lower"]) == "5"
+    assert best(["4", "higher", "6", "higher"]) == "7"
+    # binary search: 1 guess for one number, 2 for two, 3 for four; 0.1 per guess, 1 for the win
+    assert solution.start_value == pytest.approx(1 - 0.1 * 17 / 7)
+    assert policy_iteration(mdp, method="iterative").start_value == pytest.approx(
+        solution.start_value
+    )
+    # the env itself agrees: playing the optimal policy from every number
+    returns = []
+    for secret in range(1, 8):
+        obs, _ = env.reset(options={"secret": secret})
+        total, done = 0.0, False
+        while not done:
+            action = int(solution.policy[mdp.index[state_key(obs)]].argmax())
+            obs, r, term, trunc, info = env.step(action)
+            total, done = total + r, term or trunc
+        assert info["end_reason"] == "goal"
+        returns.append(total)
+    assert np.mean(returns) == pytest.approx(solution.start_value)
+    # a uniform random policy is far below
+    uniform = mdp.policy_value(mdp.uniform_policy())
+    assert mdp.start_value(uniform) < 0.0
