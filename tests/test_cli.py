@@ -522,3 +522,25 @@ def test_readme_make_vec_env_examples_pass_render_mode() -> None:
     assert calls
     for call in calls:
         assert '"render_mode": None' in call, call
+
+
+def test_declared_floors_are_what_ci_runs() -> None:
+    """Every floor in setup.cfg of a library pinned in .ci/oldest.txt is that pin (``make test``
+    runs the suite's subset in a venv with those pins), and transformers is capped below 5.40, which
+    removes ``past_key_values=``."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    pins = dict(
+        re.findall(r"^([\w-]+)==([\w.]+)$", (root / ".ci" / "oldest.txt").read_text(), flags=re.M)
+    )
+    setup = (root / "setup.cfg").read_text()
+    assert {"transformers", "gymnasium", "stable-baselines3", "sb3-contrib", "torch"} <= set(pins)
+    for name, version in pins.items():
+        floors = re.findall(rf"^\s+{re.escape(name)}>=([\w.]+)", setup, flags=re.M)
+        assert floors, name
+        for floor in floors:
+            assert version.startswith(floor) or floor == version, (name, floor, version)
+    assert re.search(r"^\s+transformers>=[\w.]+,<5\.40$", setup, flags=re.M)
+    makefile = (root / "Makefile").read_text()
+    assert "test-oldest" in makefile.split("\ntest: ")[1].split("\n\n")[0]
