@@ -91,8 +91,8 @@ __all__ = [
 
 #: Tokens (segments x longest segment) of one packed forward in :func:`episode_action_log_probs`.
 MAX_BATCH_TOKENS = 8192
-#: Vocabulary logits materialised at once (rows x vocabulary; 2^25 floats: 128 MiB).
-MAX_LOGIT_ELEMENTS = 2**25
+#: Vocabulary logits materialised at once (rows x vocabulary; 2^24 floats: 64 MiB).
+MAX_LOGIT_ELEMENTS = 2**24
 
 
 class AdaptiveKLController:
@@ -364,7 +364,9 @@ def _record(callback: BaseCallback, holder: _KLPenalty, history: list[dict[str, 
 # -- after the rollout: batched forwards over the rollout buffer ----------------------------------
 
 
-def _log_probs_at(network: CausalLMActorCritic, hidden: torch.Tensor, actions: torch.Tensor):
+def _log_probs_at(
+    network: CausalLMActorCritic, hidden: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
     """``log_softmax(LM head(hidden))[action]`` row by row, a bounded number of rows at a time."""
     rows = max(1, MAX_LOGIT_ELEMENTS // max(1, network.vocab_size))
     out = torch.empty(hidden.shape[0], device=hidden.device)
@@ -509,7 +511,8 @@ class KLPenaltyCallback(_KLPenalty, BaseCallback):
     ``collect_rollouts`` reads the penalised rewards from ``rollout_buffer.rewards``.
 
     The task reward of each step is read from the rollout loop's ``rewards`` at each step (before
-    SB3 adds value bootstraps to it); episode ends from its ``dones``.
+    SB3 adds value bootstraps to it); episode ends from its ``dones``. The penalty is subtracted
+    from the buffer's rewards as they are (after any ``VecNormalize`` reward scaling).
 
     :param coef: initial (or fixed) KL coefficient.
     :param target_kl: target KL per episode for the adaptive coefficient; ``None``: fixed.

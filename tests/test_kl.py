@@ -124,7 +124,7 @@ class Snapshots(BaseCallback):
 def _algo(name: str, env: DummyVecEnv, model: Any) -> Any:
     common = {"learning_rate": 1e-3, "seed": 0, "policy_kwargs": {"model": model}}
     if name == "EpisodePPO":
-        return EpisodePPO(LMActorCriticPolicy, env, n_steps=6, batch_size=12, n_epochs=2, **common)
+        return EpisodePPO(LMActorCriticPolicy, env, n_steps=6, batch_size=12, n_epochs=1, **common)
     if name == "A2C":
         return A2C(LMActorCriticPolicy, env, n_steps=6, **common)
     if name == "MaskablePPO":
@@ -133,7 +133,7 @@ def _algo(name: str, env: DummyVecEnv, model: Any) -> Any:
             env,
             n_steps=6,
             batch_size=12,
-            n_epochs=2,
+            n_epochs=1,
             rollout_buffer_class=NLPORolloutBuffer,
             **common,
         )
@@ -265,7 +265,7 @@ def test_after_rollout_penalty_equals_per_step_adaptive(algo: str, tiny_lm: str)
         lambda: mixed_env(tiny_lm),
         lambda: tiny_lm,
         {"coef": 0.2, "target_kl": 0.5, "horizon": 24},
-        steps=96,
+        steps=72,
         label=tiny_lm,
     )
 
@@ -276,7 +276,7 @@ def test_after_rollout_penalty_equals_per_step_fixed(tiny_lm: str):
         lambda: mixed_env(tiny_lm),
         lambda: tiny_lm,
         {"coef": 0.3},
-        steps=96,
+        steps=72,
         label=tiny_lm,
     )
 
@@ -289,7 +289,7 @@ def test_after_rollout_penalty_equals_per_step_with_early_eos():
         word_sort_env,
         lambda: load_causal_lm("tiny-gpt2", vocab_size=5),
         {"coef": 0.2, "target_kl": 0.5, "horizon": 24},
-        steps=96,
+        steps=72,
         label="word-sort EOS",
     )
     assert min(cb.episode_tokens) < 3 and max(cb.episode_tokens) == 3
@@ -432,7 +432,7 @@ def test_kl_penalty_after_the_rollout_with_every_on_policy_algorithm(name: str, 
     model = _build(name, make_env(2, model=tiny_lm), tiny_lm)
     callback = KLPenaltyCallback(coef=0.1, target_kl=1.0, horizon=100)
     before = {k: v.clone() for k, v in model.policy.net.lm.state_dict().items()}
-    model.learn(32, callback=callback, **({"use_masking": False} if name == "MaskablePPO" else {}))
+    model.learn(16, callback=callback, **({"use_masking": False} if name == "MaskablePPO" else {}))
     reference = callback.reference
     assert reference is not None and not any(p.requires_grad for p in reference.parameters())
     assert not {id(p) for p in model.policy.parameters()} & {id(p) for p in reference.parameters()}
