@@ -82,6 +82,7 @@ __all__ = [
     "KLPenaltyCallback",
     "KLPenaltyVecEnv",
     "KLPenaltyVecEnvCallback",
+    "buffer_holds_unmasked_log_probs",
     "episode_action_log_probs",
     "find_kl_wrapper",
     "kl_penalty_of",
