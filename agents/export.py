@@ -1,4 +1,5 @@
-"""Export a trained causal-LM policy as a Hugging Face model folder (the value head is dropped).
+"""Export a trained causal-LM policy as a Hugging Face model folder (the value head is dropped;
+LoRA adapters are merged into the weights).
 
 The folder loads with ``AutoModelForCausalLM.from_pretrained(folder)`` and generates with
 ``generate()``; with a tokenizer, ``AutoTokenizer.from_pretrained(folder)`` works too.
@@ -36,7 +37,7 @@ def export_pretrained(
     net = lm_network(policy)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lm = net.lm
+    lm = net.merged_lm()  # with LoRA: a copy with the adapters merged (loads without peft)
     if tokenizer is not None:
         if isinstance(tokenizer, str):
             from lm_gym.models import load_tokenizer

@@ -245,9 +245,11 @@ class GroupRelativePPO(EpisodePPO):
     :param scale_rewards: GRPO: divide by the group's standard deviation (``False``: Dr. GRPO).
     :param kl_loss_coef: weight of the per-token ``k3`` KL to the reference in the loss (0: none).
     :param kl_reference: the reference for ``kl_loss_coef``: a model name/folder (kept in saves),
-        a ``PreTrainedModel``/:class:`CausalLMActorCritic` object, or ``None`` for a frozen copy
-        of the policy's LM when learning starts (a loaded, trained policy would then be its own
-        reference: pass the starting model's name when resuming).
+        a ``PreTrainedModel``/:class:`CausalLMActorCritic` object, or ``None`` for the policy's
+        :meth:`~agents.network.CausalLMActorCritic.reference_lm` when learning starts: with LoRA
+        the LM with its adapters off (always the starting model), else a frozen copy (a loaded,
+        trained policy would then be its own reference: pass the starting model's name when
+        resuming).
     :param kwargs: :class:`agents.ppo.EpisodePPO` / :class:`stable_baselines3.PPO` arguments.
     :raises ValueError: a bad ``group_size``, ``advantage`` or ``kl_loss_coef``.
     """
@@ -323,7 +325,7 @@ class GroupRelativePPO(EpisodePPO):
             ref = self.kl_reference
             if ref is None:
                 net = self.policy.net  # type: ignore[union-attr]
-                self._reference = net.frozen_lm_copy()
+                self._reference = net.reference_lm()
             elif isinstance(ref, CausalLMActorCritic):
                 self._reference = ref
             else:

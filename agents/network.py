@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -228,8 +229,15 @@ class CausalLMActorCritic(nn.Module):
         log-probabilities of the same policy in rollout (eval mode) and update (train mode).
     :param attn_implementation: switch the model's attention (``"eager"``, ``"sdpa"``, ...);
         ``None`` keeps it. sb3-contrib's TRPO needs ``"eager"`` (second derivatives).
+    :param lora: train LoRA adapters only (``peft``): ``{"r": 8, "alpha": 16, "dropout": 0.0,
+        "target_modules": "all-linear"}`` (any subset; these are the defaults). The LM's own
+        weights are frozen; the value head still trains. :meth:`reference_lm` is then the same
+        model with its adapters switched off (no second copy of the weights) and
+        :meth:`merged_lm` the model with the adapters merged in, for export. ``None``: full
+        fine-tuning.
     :param load_kwargs: passed to :func:`lm_gym.models.load_causal_lm` when ``model`` is a name.
     :raises ValueError: the name cannot be resolved, or the model has no output embeddings.
+    :raises ImportError: ``lora`` without ``peft`` installed.
     """
 
     def __init__(
@@ -242,6 +250,7 @@ class CausalLMActorCritic(nn.Module):
         bf16: bool = False,
         dropout: bool = False,
         attn_implementation: str | None = None,
+        lora: Mapping[str, Any] | None = None,
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -259,6 +268,11 @@ class CausalLMActorCritic(nn.Module):
             disable_dropout(model)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+        #: the ``peft`` model holding the LoRA adapters (not a submodule: its parameters are
+        #: ``lm``'s), or ``None``
+        self._peft: Any = None
+        if lora is not None:
+            object.__setattr__(self, "_peft", _add_lora(model, lora))
         self.lm = model
         self.bf16 = bool(bf16)
         self.detach_value = bool(detach_value)
@@ -397,6 +411,28 @@ class CausalLMActorCritic(nn.Module):
         values = self.value_from_hidden(h) if self.value_head is not None else None
         return self.logits_from_hidden(h), values
 
+    @property
+    def lora(self) -> bool:
+        """Whether the LM trains LoRA adapters only."""
+        return self._peft is not None
+
+    def reference_lm(self) -> CausalLMActorCritic:
+        """The frozen starting LM, for a KL penalty: with LoRA, this model with its adapters
+        switched off (sharing its weights); otherwise a frozen copy (:meth:`frozen_lm_copy`).
+
+        Made at the start of training, it is the model the policy started from.
+        """
+        if self._peft is None:
+            return self.frozen_lm_copy()
+        return _AdaptersOff(self)
+
+    def merged_lm(self) -> PreTrainedModel:
+        """The LM as a plain ``transformers`` model: a copy with the LoRA adapters merged into
+        its weights (loadable without ``peft``), or the LM itself without LoRA."""
+        if self._peft is None:
+            return self.lm
+        return copy.deepcopy(self._peft).merge_and_unload()
+
     def frozen_lm_copy(self) -> CausalLMActorCritic:
         """A frozen copy of the LM (trunk and head, no value head): a KL reference or mask model."""
         lm = copy.deepcopy(self.lm)
@@ -404,6 +440,80 @@ class CausalLMActorCritic(nn.Module):
             p.requires_grad_(False)
         net = CausalLMActorCritic(lm.eval(), value_head=False, bf16=self.bf16, dropout=True)
         return net.eval()
+
+
+#: LoRA defaults of :class:`CausalLMActorCritic`.
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_modules": "all-linear",
+}
+
+
+def _add_lora(model: PreTrainedModel, options: Mapping[str, Any]) -> Any:
+    """Inject LoRA adapters into ``model`` in place (``peft``); return the ``peft`` model."""
+    unknown = set(options) - set(LORA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"Unknown LoRA option(s) {sorted(unknown)}: use {sorted(LORA_DEFAULTS)}.")
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError(
+            'LoRA needs the peft package: pip install peft (or pip install -e ".[lora]").'
+        ) from err
+    from transformers.pytorch_utils import Conv1D
+
+    opts = {**LORA_DEFAULTS, **options}
+    config = LoraConfig(
+        r=int(opts["r"]),
+        lora_alpha=int(opts["alpha"]),
+        lora_dropout=float(opts["dropout"]),
+        target_modules=opts["target_modules"],
+        # GPT-2's projections are transformers' Conv1D, whose weights are stored transposed
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        # peft calls a transformers method that transformers >= 5 renamed (not ours to fix)
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        return get_peft_model(model, config)
+
+
+class _AdaptersOff(CausalLMActorCritic):
+    """A LoRA network's LM with its adapters switched off: the frozen reference that shares
+    the policy's weights. It has no parameters of its own (so freezing it, or moving it, never
+    touches the policy's); every forward runs under ``peft``'s ``disable_adapter()``."""
+
+    def __init__(self, net: CausalLMActorCritic) -> None:
+        nn.Module.__init__(self)
+        object.__setattr__(self, "_policy_net", net)
+        self._peft = None
+        self.bf16 = net.bf16
+        self.detach_value = False
+        self._cache_kwarg = net._cache_kwarg
+        self.hidden_size = net.hidden_size
+        self.vocab_size = net.vocab_size
+        self.value_head = None
+
+    @property
+    def lm(self) -> PreTrainedModel:  # type: ignore[override]
+        """The policy's LM (shared)."""
+        return self._policy_net.lm
+
+    def param_version(self) -> int:
+        """Constant: with the adapters off, the outputs never change."""
+        return 0
+
+    def run_trunk(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        with self._policy_net._peft.disable_adapter():
+            return super().run_trunk(*args, **kwargs)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self._policy_net._peft.disable_adapter():
+            return super().logits_from_hidden(hidden)
 
 
 class RolloutKVCache:

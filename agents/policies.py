@@ -153,6 +153,7 @@ class _LMPolicyBase:
             value_head=value_head,
             value_hidden=kw.get("value_hidden", 0),
             detach_value=kw.get("detach_value", False),
+            lora=kw.get("lora"),
             bf16=kw["bf16"],
             dropout=kw["dropout"],
             attn_implementation=kw.get("attn_implementation"),
@@ -191,6 +192,7 @@ class LMPolicyMixin(_LMPolicyBase):
         value_hidden: int = 0,
         value_head: bool = True,
         detach_value: bool = False,
+        lora: dict[str, Any] | None = None,
         bf16: bool = False,
         kv_cache: bool = True,
         dropout: bool = False,
@@ -219,6 +221,7 @@ class LMPolicyMixin(_LMPolicyBase):
             "value_hidden": value_hidden,
             "value_head": bool(value_head),
             "detach_value": bool(detach_value),
+            "lora": None if lora is None else dict(lora),
             "bf16": bf16,
             "kv_cache": kv_cache,
             "dropout": dropout,
@@ -391,6 +394,10 @@ class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
         whose values are then zeros.
     :param detach_value: the value loss trains the value head only, not the LM (see
         :class:`agents.network.CausalLMActorCritic`).
+    :param lora: train LoRA adapters (``peft``) instead of the whole LM: ``{}`` for the defaults
+        or ``{"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}`` (see
+        :class:`agents.network.CausalLMActorCritic`); a KL reference is then the same LM with the
+        adapters off.
     :param bf16: bfloat16 autocast of the trunk on CUDA.
     :param kv_cache: keep per-env KV caches across rollout steps.
     :param dropout: keep the model's dropout (off by default).

@@ -572,7 +572,9 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
 
             pk.setdefault("value_head", False)  # critic-free
             algo_kwargs["advantage"] = GROUP_ALGORITHMS[name]
-            if isinstance(model, str):  # a resumed run keeps the starting model as reference
+            if isinstance(model, str) and not pk.get("lora"):
+                # a resumed run keeps the starting model as reference (with LoRA the policy's
+                # LM with its adapters off is that model already, without a second copy)
                 algo_kwargs.setdefault("kl_reference", model)
             group_size = int(algo_kwargs.setdefault("group_size", 4))
             venv = GroupedResetVecEnv(venv, group_size)  # innermost: see agents.grpo
