@@ -395,3 +395,46 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     assert untrained < 0.5
     assert mdp.is_optimal(policy, solution.q_values)
     assert mdp.start_value(mdp.policy_value(policy)) == pytest.approx(solution.start_value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_group_relative_agents_reach_the_optimal_policy_on_word_sort(advantage: str, sort) -> None:
+    """GRPO and RLOO (agents.grpo), GPT-2 policy without value head (2 layers, 128 wide, random
+    init, 5 words), 8 envs in groups of 4, 10 (GRPO) or 4 (RLOO) epochs, learning rate decaying
+    linearly from 1e-3, 8192 steps: the greedy policy is optimal. Measured before: GRPO with 4
+    epochs stopped at 0.958 of the optimum; RLOO with one epoch (lr 1e-2) at 0.611."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.grpo import GroupRelativePPO
+    from agents.policies import LMActorCriticPolicy
+    from lm_gym.models import load_causal_lm
+
+    mdp, solution = sort
+    env = DummyVecEnv([LMWordSortEnv for _ in range(8)])
+    env.seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = GroupRelativePPO(
+            LMActorCriticPolicy,
+            env,
+            group_size=4,
+            advantage=advantage,
+            n_steps=64,
+            batch_size=128,
+            n_epochs=10 if advantage == "grpo" else 4,
+            learning_rate=lambda progress_remaining: 1e-3 * progress_remaining,
+            policy_kwargs={"model": load_causal_lm("tiny-gpt2", vocab_size=5), "value_head": False},
+            seed=0,
+        )
+        untrained = mdp.start_value(mdp.policy_value(mdp.policy_of(model)))
+        model.learn(8192)
+        policy = mdp.policy_of(model)
+    finally:
+        torch.set_num_threads(threads)
+    assert untrained < 0.5
+    assert mdp.is_optimal(policy, solution.q_values)
+    assert mdp.start_value(mdp.policy_value(policy)) == pytest.approx(solution.start_value)
