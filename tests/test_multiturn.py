@@ -82,7 +82,7 @@ def small_chat(**kwargs) -> MultiTurnEnv:
 
 
 def test_multi_turn_ids_are_registered() -> None:
-    assert {"LMGuessNumber-v0", "LMGuessNumberWords-v0"} <= set(MULTI_TURN_IDS)
+    assert {"LMGuessNumber-v0", "LMGuessNumberWords-v0", "LMDialogue-v0"} <= set(MULTI_TURN_IDS)
 
 
 @pytest.mark.parametrize("env_id", MULTI_TURN_IDS)
@@ -316,3 +316,123 @@ def test_small_guessing_game_optimum_is_binary_search(guess_words_solution) -> N
     # a uniform random policy is far below
     uniform = mdp.policy_value(mdp.uniform_policy())
     assert mdp.start_value(uniform) < 0.0
+
+
+# -- templates and partners -------------------------------------------------------------------------
+
+
+def test_chat_template_replies_are_the_templates_ids() -> None:
+    env = small_chat(
+        tokenizer="tiny-llama", prompt_template="chat", max_prompt_tokens=48, max_new_tokens=128
+    )
+    tok = env.tokenizer
+    env.reset(seed=0, options={"prompt": "Hello there"})
+    for t in [*tok.encode(" Hi friend", add_special_tokens=False), tok.eos_token_id]:
+        obs, *_ = env.step(t)  # the agent ends its turn with <|im_end|>
+    for t in tok.encode(" one two three four five six", add_special_tokens=False)[:6]:
+        obs, *_ = env.step(t)  # this turn ends on the budget: the reply brings <|im_end|>
+    window = tok.decode(obs["input_ids"][obs["attention_mask"] == 1])
+    expected = tok.apply_chat_template(env.messages, add_generation_prompt=True, tokenize=False)
+    assert window == expected
+    assert window.count("<|im_end|>") == expected.count("<|im_end|>")
+    np.testing.assert_array_equal(
+        obs["input_ids"][env.agent_token_mask()],
+        [
+            *tok.encode(" Hi friend", add_special_tokens=False),
+            tok.eos_token_id,
+            *tok.encode(" one two three four five six", add_special_tokens=False)[:6],
+        ],
+    )
+
+
+def test_model_partner_shared_cached_and_picklable() -> None:
+    import torch
+
+    kwargs = dict(
+        partner="model",
+        partner_kwargs={"model": "tiny-gpt2", "max_new_tokens": 6},
+        max_turn_tokens=3,
+        max_turns=3,
+    )
+    env_a, env_b = small_chat(**kwargs), small_chat(**kwargs)
+    assert env_a.partner.model is env_b.partner.model  # one model per process
+    actions = env_a.tokenizer.encode(" Fine thanks and you, good sir")[:6]
+    replies = []
+    for env in (env_a, env_b):
+        env.reset(seed=1, options={"prompt": "How are you?"})
+        infos = [env.step(t)[4] for t in actions]
+        replies.append([i["reply"] for i in infos if "turn" in i])
+    assert replies[0] == replies[1] and len(replies[0]) == 2
+    messages = env_a.messages
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 2 + ["user"]
+    partner = env_a.partner
+    prompt = partner.prompt_ids(messages[:4])
+    # the second reply computed only the tokens new since the first one (its KV cache was kept)
+    assert 0 < partner.last_prompt_computed < len(prompt) - 5
+    # and it equals greedy decoding without any cache
+    with torch.no_grad():
+        plain = partner.model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            use_cache=False,
+            pad_token_id=partner.tokenizer.eos_token_id,
+            stop_strings=["\n"],
+            tokenizer=partner.tokenizer,
+        )
+    text = partner.tokenizer.decode(plain[0, len(prompt) :]).split("\n")[0].strip()
+    assert text == messages[4]["content"]
+    clone = pickle.loads(pickle.dumps(env_a))
+    assert clone.partner.model is partner.model
+    assert len(pickle.dumps(env_a.partner)) < 10_000
+
+
+# -- dialogue ---------------------------------------------------------------------------------------
+
+
+def test_dialogue_data_partner_says_the_recorded_lines() -> None:
+    env = gym.make("LMDialogue-v0").unwrapped
+    index = next(i for i, s in enumerate(env.samples) if len(s.meta["conversation"]) >= 5)
+    lines = env.samples[index].meta["conversation"]
+    env.reset(options={"index": index})
+    tok = env.tokenizer
+    infos, rewards = [], []
+    done = False
+    while not done:
+        for t in tok.encode(" " + lines[1] + "\n"):
+            _, r, term, trunc, info = env.step(t)
+            if "turn" in info:
+                infos.append(info)
+                rewards.append(r)
+            done = term or trunc
+            if done:
+                break
+    assert [i["reply"] for i in infos[:-1]] == lines[2 : 2 * len(infos) : 2]
+    assert infos[-1]["end_reason"] in ("partner_end", "turn_limit")
+    first = infos[0]["turn_metrics"]
+    assert first["length"] == 0.0  # the first answer, word for word (up to its 32-token budget)
+    for info in infos:
+        m = info["turn_metrics"]
+        assert info["turn_reward"] == pytest.approx(m["rougeL"] + 0.1 * m["length"])
+    assert infos[-1]["metrics"]["turns"] == len(infos)
+
+
+def test_daily_dialog_from_local_files(tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        [f"Hello number {i} , how are you ?", "Fine , thanks .", "Good to hear .", "Bye ."]
+        for i in range(40)
+    ]
+    datasets.Dataset.from_dict({"dialog": rows}).save_to_disk(str(tmp_path / "dd"))
+    env = gym.make(
+        "LMDialogueDailyDialog-v0", dataset_kwargs={"path": str(tmp_path / "dd")}
+    ).unwrapped
+    sample = env.samples[0]
+    assert sample.meta["conversation"][1:] == ["Fine, thanks.", "Good to hear.", "Bye."]
+    env.reset(options={"index": 0})
+    tok = env.tokenizer
+    for t in tok.encode(" Fine, thanks.\n"):
+        _, r, term, _, info = env.step(t)
+    assert info["reply"] == "Good to hear." and not term
+    assert info["turn_metrics"]["rougeL"] == pytest.approx(1.0) and r == pytest.approx(1.0)

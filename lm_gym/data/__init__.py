@@ -11,7 +11,8 @@ Every data set yields :class:`Sample` objects (prompt, references, meta) for a s
     samples = load_dataset("imdb", split="test", path="imdb_saved/")  # a save_to_disk folder
 
 Built-in offline data sets (see :mod:`lm_gym.data.builtin`): ``movie-reviews``,
-``django-en-{de,es,fr,it,ja,nl,pl,pt,ru}``, ``stdlib-docstrings``, ``wiki-leads``.
+``django-en-{de,es,fr,it,ja,nl,pl,pt,ru}``, ``stdlib-docstrings``, ``wiki-leads``; dialogues
+(see :mod:`lm_gym.data.dialogue`): ``chatterbot-{en,de,es,...}`` offline, ``daily_dialog`` online.
 Online data sets through Hugging Face ``datasets`` (see :mod:`lm_gym.data.online`): ``imdb``,
 ``wmt16-de-en``, ``iwslt2017-en-de``, ``cnn_dailymail``, ``xsum``.
 
@@ -19,6 +20,7 @@ Importing this package is light: no torch, ``datasets`` or gensim import happens
 """
 
 from lm_gym.data import builtin as _builtin  # noqa: F401  (registers the built-in data sets)
+from lm_gym.data import dialogue as _dialogue  # noqa: F401  (registers the dialogue data sets)
 from lm_gym.data import online as _online  # noqa: F401  (registers the online data sets)
 from lm_gym.data.base import SPLITS, Loader, Sample
 from lm_gym.data.cache import cache_dir, clear_memo

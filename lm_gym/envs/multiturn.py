@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -270,6 +271,10 @@ class ModelPartner(Partner):
         if template == "auto":
             template = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
         self.template = template
+        #: the model's keyword for a KV cache: ``cache`` (transformers >= 5.24, where
+        #: ``past_key_values`` is deprecated) or ``past_key_values``
+        params = inspect.signature(type(self.model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._cache: Any = None
         self._cached_ids: list[int] = []
         self._seed = 0
@@ -323,7 +328,9 @@ class ModelPartner(Partner):
         common = min(common, len(ids) - 1)
         cache = self._cache
         if cache is not None and common > 0:
-            cache.crop(common)
+            extra = int(cache.get_seq_length()) - common
+            if extra > 0:  # a negative size removes that many tokens (transformers 4 and 5)
+                cache.crop(-extra)
         else:
             cache, common = None, 0
         self.last_prompt_computed = len(ids) - common
@@ -355,13 +362,13 @@ class ModelPartner(Partner):
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
-                    past_key_values=cache,
+                    **{self._cache_kwarg: cache},
                     **kwargs,
                 )
         finally:
             torch.random.set_rng_state(generator_state)
         new = out.sequences[0, len(ids) :].tolist()
-        self._cache = out.past_key_values
+        self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         self._cached_ids = [*ids, *new]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return PartnerReply(text.split("\n")[0].strip() if self.template == "plain" else text)

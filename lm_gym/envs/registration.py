@@ -113,6 +113,18 @@ ENV_ENTRIES: tuple[EnvEntry, ...] = (
         "lm_gym.tasks.guess_number:LMGuessNumberWordsEnv",
         summary="multi-turn: guess 1-7 in 3 turns (12-word vocabulary); exact optimum: binary search",
     ),
+    EnvEntry(
+        "LMDialogue-v0",
+        "lm_gym.tasks.dialogue:LMDialogueEnv",
+        summary="multi-turn: answer chatterbot-corpus conversations; per-turn ROUGE-L + length",
+    ),
+    EnvEntry(
+        "LMDialogueDailyDialog-v0",
+        "lm_gym.tasks.dialogue:LMDialogueEnv",
+        {"dataset": "daily_dialog"},
+        online=True,
+        summary="multi-turn: answer DailyDialog conversations (datasets); per-turn ROUGE-L + length",
+    ),
 )
 
 
