@@ -41,6 +41,15 @@ MULTI_TURN_IDS = [
 ]
 
 
+#: options that keep the generic tests fast (a tiny partner instead of SmolLM2-135M)
+FAST_KWARGS = {
+    "LMTargetWord-v0": {
+        "tokenizer": "tiny-llama",
+        "partner_kwargs": {"model": "tiny-llama", "max_new_tokens": 8},
+    }
+}
+
+
 def play(env: gym.Env, seed: int, policy=None, max_steps: int = 10_000):
     """One episode with seeded random actions (or ``policy(obs, rng)``): actions, rewards, infos,
     observations."""
@@ -87,7 +96,7 @@ def test_multi_turn_ids_are_registered() -> None:
 
 @pytest.mark.parametrize("env_id", MULTI_TURN_IDS)
 def test_checkers_pass_without_warnings(env_id: str) -> None:
-    env = gym.make(env_id).unwrapped
+    env = gym.make(env_id, **FAST_KWARGS.get(env_id, {})).unwrapped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gym_check_env(env, skip_render_check=True)
@@ -96,7 +105,7 @@ def test_checkers_pass_without_warnings(env_id: str) -> None:
 
 @pytest.mark.parametrize("env_id", MULTI_TURN_IDS)
 def test_agent_ids_are_exactly_the_actions_across_turns(env_id: str) -> None:
-    env = gym.make(env_id).unwrapped
+    env = gym.make(env_id, **FAST_KWARGS.get(env_id, {})).unwrapped
     for seed in range(3):
         actions, rewards, infos, observations = play(env, seed)
         last = observations[-1]
@@ -436,3 +445,32 @@ def test_daily_dialog_from_local_files(tmp_path) -> None:
         _, r, term, _, info = env.step(t)
     assert info["reply"] == "Good to hear." and not term
     assert info["turn_metrics"]["rougeL"] == pytest.approx(1.0) and r == pytest.approx(1.0)
+
+
+def test_target_word_goal_with_a_model_partner() -> None:
+    from lm_gym.tasks.target_word import LMTargetWordEnv, says_word
+
+    assert says_word("I love Blue skies", "blue") and not says_word("bluest", "blue")
+    env = LMTargetWordEnv(
+        tokenizer="gpt2",
+        prompt_template="plain",
+        stop_strings=["\n"],
+        partner_kwargs={"model": "tiny-gpt2", "max_new_tokens": 4},
+        max_turn_tokens=4,
+    )
+    info = env.reset(seed=0)[1]
+    word = env.sample.meta["word"]
+    assert f'"{word}"' in info["prompt"]
+    assert env.partner_messages()[0]["content"] == env.config["opener"]  # the goal is hidden
+    tok = env.tokenizer
+    for t in tok.encode(f" {word}\n"):
+        _, r, *_, info = env.step(t)
+    assert info["turn_metrics"]["agent_said"] == 1.0
+    said = info["turn_metrics"]["partner_said"]
+    assert r == pytest.approx(-0.05 - 0.5 + said)
+    # a partner that says the word ends the conversation with the goal reached
+    env.judge_reply = lambda reply: type(reply)(reply.text, done=True, goal=True, info={"said": 1})
+    for t in tok.encode(" Say it\n"):
+        _, r, term, _, info = env.step(t)
+    assert term and info["end_reason"] == "goal" and info["metrics"]["win"] == 1.0
+    assert r == pytest.approx(-0.05 + 1.0)

@@ -541,6 +541,19 @@ class MultiTurnEnv(TextEnv):
         """
         return 0.0, {}
 
+    def partner_messages(self) -> Messages:
+        """The conversation as the partner sees it (default: :attr:`messages`; a task may hide
+        what only the agent should read, such as its goal in the first line)."""
+        return self.messages
+
+    def judge_reply(self, reply: PartnerReply) -> PartnerReply:
+        """The task's view of a partner's reply (default: as it is); a task may end the
+        conversation on it, e.g. when the reply reaches the goal.
+
+        :param reply: what the partner said.
+        """
+        return reply
+
     def _make_reward(self, reward: Any, kwargs: Mapping[str, Any]) -> tuple[str, Any]:
         if reward is None:  # the task scores its turns itself
             return "reward", None
@@ -593,7 +606,7 @@ class MultiTurnEnv(TextEnv):
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         user = next(m["content"] for m in reversed(self.messages) if m["role"] == PARTNER_ROLE)
         self.messages.append({"role": AGENT_ROLE, "content": text})
-        reply = self.partner.reply(self.messages, self._sample)
+        reply = self.judge_reply(self.partner.reply(self.partner_messages(), self._sample))
         turn = Turn(len(self._turns), tuple(self._turn_ids), text, user, reply)
         self._turns.append(turn)
         reward, metrics = self.score_turn(turn)

@@ -125,6 +125,11 @@ ENV_ENTRIES: tuple[EnvEntry, ...] = (
         online=True,
         summary="multi-turn: answer DailyDialog conversations (datasets); per-turn ROUGE-L + length",
     ),
+    EnvEntry(
+        "LMTargetWord-v0",
+        "lm_gym.tasks.target_word:LMTargetWordEnv",
+        summary="multi-turn: make a SmolLM2-135M partner say a target word; win reward, turn cost",
+    ),
 )
 
 
