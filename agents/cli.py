@@ -294,7 +294,7 @@ def _fallback_of(caught: Sequence[warnings.WarningMessage], name: str) -> str | 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's agent on a split, ``--n-envs`` episodes at once; print the summary, then
     write the JSON (a failed write is a warning: the results are printed already)."""
-    from agents.base import load_lm_for_env
+    from agents.base import load_lm_for_env, model_for_env
     from agents.evaluation import evaluate_agent
     from agents.training import load_run
 
@@ -309,8 +309,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             except (ValueError, OSError) as exc:
                 raise CLIError(f"--reference {reference}: {_one_line(exc)}") from exc
         fallback = _fallback_of(caught, reference)
+        resolved = model_for_env(reference, env)
         if fallback is not None:  # say which model it really is
             named = f"{fallback} (random init: {reference!r} is not reachable offline)"
+        elif resolved != reference:  # a word-level env: a built-in model with its vocabulary
+            named = (
+                f"{resolved} ({reference!r} with the env's {env.action_space.n}-token vocabulary)"
+            )
         for w in caught:
             if fallback is None or _fallback_of([w], reference) is None:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -437,7 +437,9 @@ def test_eval_notes_interrupt_and_reference_name(capsys, tmp_path: Path, monkeyp
     """eval names the reference model it really used, explains the summary's keys, warns once
     about the offline fallback, and a Ctrl-C ends it without a traceback."""
     out = tmp_path / "run"
-    code, *_ = run(capsys, "train", ENV, "--agent", "random", "--steps", "8", "--out", str(out))
+    code, *_ = run(
+        capsys, "train", "LMCountUp-v0", "--agent", "random", "--steps", "8", "--out", str(out)
+    )
     assert code == 0
     code, stdout, err = run(
         capsys, "eval", str(out), "--episodes", "2", "--reference", "gpt2", "--no-progress"
