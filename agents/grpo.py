@@ -63,7 +63,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from agents.network import CausalLMActorCritic
-from agents.ppo import EpisodeIndex, EpisodePPO, evaluate_episode_actions, segment_groups
+from agents.ppo import EpisodeIndex, EpisodePPO
 
 __all__ = [
     "ADVANTAGES",
@@ -431,33 +431,24 @@ class GroupRelativePPO(EpisodePPO):
         self, setup: tuple[CausalLMActorCritic, EpisodeIndex, th.Tensor] | None
     ) -> th.Tensor:
         """Reference log-probabilities of every transition's action (flat buffer order), one
-        reference forward per episode segment (stock full-window forwards for the rest)."""
-        ref = self.reference_network()
+        reference forward per episode segment (:func:`agents.kl.episode_action_log_probs`)."""
+        from agents.kl import episode_action_log_probs
+
         buf = self.rollout_buffer
+        obs = buf.observations
+        assert isinstance(obs, dict)
+        n = buf.buffer_size * buf.n_envs
+        ids = th.as_tensor(obs["input_ids"].reshape(n, -1), device=self.device).long()
+        mask = th.as_tensor(obs["attention_mask"].reshape(n, -1), device=self.device).long()
+        if setup is not None:
+            index = setup[1]
+        else:  # a policy EpisodePPO cannot evaluate by episode: every transition on its own
+            index = EpisodeIndex(
+                np.full(n, -1), np.zeros(n, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0)
+            )
         actions = th.as_tensor(buf.actions.reshape(-1), device=self.device).long()
-        out = th.empty(len(actions), device=self.device)
         with th.no_grad():
-            if setup is not None:
-                _, index, ids = setup
-                for group in segment_groups(index, max(self.batch_size or 1, 1)):
-                    if index.segment[group[0]] < 0:
-                        continue
-                    _, lp, _ = evaluate_episode_actions(
-                        ref, index, ids, group, actions[group], entropy_grad=False
-                    )
-                    out[th.as_tensor(group, device=self.device)] = lp
-                rest = np.flatnonzero(index.segment < 0)
-            else:
-                rest = np.arange(len(actions))
-            if len(rest):
-                obs = buf.observations
-                assert isinstance(obs, dict)
-                ids_r = th.as_tensor(obs["input_ids"][rest], device=self.device)
-                mask_r = th.as_tensor(obs["attention_mask"][rest], device=self.device)
-                logits, _ = ref(ids_r, mask_r)
-                lp = th.log_softmax(logits, -1).gather(-1, actions[rest].unsqueeze(-1))
-                out[th.as_tensor(rest, device=self.device)] = lp.squeeze(-1)
-        return out
+            return episode_action_log_probs(self.reference_network(), index, ids, mask, actions)
 
     def train(self) -> None:
         """EpisodePPO's update with the group-relative loss (:meth:`minibatch_loss`)."""

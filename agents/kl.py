@@ -308,8 +308,10 @@ class _KLPenalty:
         return self.stats.episode_tokens
 
     def attach(self, policy: torch.nn.Module) -> None:
-        """Make the reference from ``policy`` if there is none yet (a frozen copy of its LM, made
-        once: call it with the *starting* policy), move it to the policy's device and check that
+        """Make the reference from ``policy`` if there is none yet (its
+        :meth:`~agents.network.CausalLMActorCritic.reference_lm`: a frozen copy of its LM, made
+        once, so call it with the *starting* policy; with LoRA the same LM with its adapters off,
+        no copy), move it to the policy's device and check that
         both have the same vocabulary.
 
         :param policy: a policy of :mod:`agents.policies` (or a :class:`CausalLMActorCritic`).
@@ -318,7 +320,7 @@ class _KLPenalty:
         net = lm_network(policy)
         device = next(net.parameters()).device
         if self.reference is None:
-            self.reference = net.frozen_lm_copy()
+            self.reference = net.reference_lm()
         self.reference.to(device)
         if self.reference.vocab_size != net.vocab_size:
             raise ValueError(

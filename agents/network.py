@@ -137,11 +137,18 @@ def check_model_fits(
     if net.vocab_size != n:
         hint = _tokenizer_hint(model, net.vocab_size) or _tokenizer_hint(net.lm, net.vocab_size)
         tokenizer = repr(hint) if hint is not None else "<the model's name or folder>"
+        small = n < 1000  # a word-level env: its own small vocabulary, no LM tokenizer
+        fix = (
+            f"a word-level env has its own vocabulary: build the model with it, "
+            f"policy_kwargs={{'model': agents.base.model_for_env(<model name>, env)}} (a built-in "
+            f"model such as 'tiny-gpt2' with {n} tokens, random init)"
+            if small
+            else f"build the env with the model's tokenizer, gym.make(<env id>, "
+            f"tokenizer={tokenizer}), or use a model whose vocabulary has {n} tokens"
+        )
         raise ValueError(
             f"The model's vocabulary ({net.vocab_size} tokens) does not match the env's action "
-            f"space Discrete({n}): build the env with the model's tokenizer, "
-            f"gym.make(<env id>, tokenizer={tokenizer}), or use a model whose vocabulary has {n} "
-            "tokens."
+            f"space Discrete({n}): {fix}."
         )
     max_pos = getattr(net.lm.config.get_text_config(), "max_position_embeddings", None)
     if max_pos is not None and window > max_pos:

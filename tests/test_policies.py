@@ -232,6 +232,21 @@ def test_vocabulary_mismatch_names_the_models_tokenizer(name, model, env_model, 
     assert expected in message
 
 
+def test_vocabulary_mismatch_on_a_word_level_env_names_model_for_env():
+    """The README's SB3 pattern on ``LMWordSort-v0`` (5 words) with a GPT-2 model: the fix is
+    ``model_for_env``, which builds the model with the env's vocabulary, and it works."""
+    from agents.base import model_for_env
+    from lm_gym.tasks.toy import LMWordSortEnv
+
+    env = DummyVecEnv([LMWordSortEnv])
+    with pytest.raises(ValueError, match=r"Discrete\(5\): a word-level env.*model_for_env"):
+        PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "tiny-gpt2"})
+    model = PPO(
+        LMActorCriticPolicy, env, policy_kwargs={"model": model_for_env("tiny-gpt2", env.envs[0])}
+    )
+    assert model.policy.net.vocab_size == 5
+
+
 def test_wrong_observation_space_is_a_clear_error():
     obs_space = spaces.Box(0, 50256, (16,), dtype=np.int64)
     for policy in (LMActorCriticPolicy, MaskableLMActorCriticPolicy, LMDQNPolicy):
