@@ -22,6 +22,9 @@ from lm_gym.envs.multiturn import MultiTurnEnv
 from lm_gym.tasks.text_generation import TextGenerationEnv
 
 OFFLINE_IDS = [e.id for e in list_envs(include_online=False)]
+#: Options that keep the contract test fast: LMTargetWord-v0's default partner is SmolLM2-135M
+#: (the checkers still run it as registered); tiny-llama has the same tokenizer.
+FAST = {"LMTargetWord-v0": {"partner_kwargs": {"model": "tiny-llama"}}}
 GPT2_EOS = 50256
 
 
@@ -51,7 +54,7 @@ def test_checkers_pass_without_warnings(env_id: str) -> None:
 
 @pytest.mark.parametrize("env_id", OFFLINE_IDS)
 def test_contract_and_determinism(env_id: str) -> None:
-    env = gym.make(env_id, render_mode="ansi")
+    env = gym.make(env_id, render_mode="ansi", **FAST.get(env_id, {}))
     inner: TextEnv = env.unwrapped
     p, t = inner.max_prompt_tokens, inner.max_new_tokens
     space = env.observation_space
