@@ -14,7 +14,8 @@ against the others of its group instead of against a learned value function:
 one is applied to the rewards); the advantage is given to every token of the episode. There is no
 value head (``policy_kwargs={"value_head": False}``: less memory, no critic to warm up). A KL term
 to the reference model can also go into the loss (``kl_loss_coef``, the ``k3`` estimator
-``exp(d) - d - 1`` with ``d = log pi_ref - log pi`` per token, as in GRPO/TRL), with the
+``exp(d) - d - 1`` with ``d = log pi_ref - log pi`` per token, as in GRPO/TRL, clamped at
+``K3_MAX`` = 10 per token), with the
 reference's log-probabilities computed once per rollout in one forward per episode.
 
 **Groups from a standard vector env.** :class:`GroupedResetVecEnv` wraps an SB3 ``VecEnv`` of
@@ -75,6 +76,8 @@ __all__ = [
 
 #: The advantage estimators of :class:`GroupRelativePPO`.
 ADVANTAGES = ("grpo", "rloo")
+#: Largest per-token value of the ``k3`` KL term (see :meth:`GroupRelativePPO.minibatch_loss`).
+K3_MAX = 10.0
 
 
 def group_advantages(
@@ -512,7 +515,10 @@ class GroupRelativePPO(EpisodePPO):
         if self._ref_log_prob is not None:
             d = self._ref_log_prob[th.as_tensor(self._batch_inds, device=log_prob.device)]
             d = d - log_prob
-            kl = (w * (th.exp(d) - d - 1)).sum() / n
+            # k3 grows as exp(d) where the policy has left a token the reference likes (d >> 0):
+            # one such token can swamp the loss (seen: a minibatch mean of 4.8e4 on SmolLM2).
+            # Clamped at K3_MAX like verl's low-variance KL; beyond it the token adds no gradient.
+            kl = (w * (th.exp(d) - d - 1).clamp(max=K3_MAX)).sum() / n
             loss = loss + self.kl_loss_coef * kl
             self.logger.record_mean("train/kl_loss", kl.item())
         return loss, stats

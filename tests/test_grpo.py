@@ -17,6 +17,7 @@ pytest.importorskip("stable_baselines3")
 
 import gymnasium as gym
 from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
@@ -265,7 +266,8 @@ def test_loss_and_gradients_match_a_direct_implementation(kl_loss_coef, tiny_lm)
             ref_logits, _ = ref(data.observations["input_ids"], data.observations["attention_mask"])
             ref_lp = torch.log_softmax(ref_logits, -1).gather(1, actions[:, None]).squeeze(1)
         d = ref_lp - lp
-        direct = direct + kl_loss_coef * (w * (torch.exp(d) - d - 1)).sum() / w.sum()
+        k3 = (torch.exp(d) - d - 1).clamp(max=10.0)
+        direct = direct + kl_loss_coef * (w * k3).sum() / w.sum()
     direct.backward()
     direct_grads = [p.grad.clone() for p in model.policy.parameters() if p.grad is not None]
 
@@ -274,6 +276,29 @@ def test_loss_and_gradients_match_a_direct_implementation(kl_loss_coef, tiny_lm)
     assert len(grads) == len(direct_grads)
     for g, h in zip(grads, direct_grads):
         torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
+
+
+def test_k3_term_is_clamped_per_token():
+    """A token the policy has left (log pi = -50 where the reference has 0) adds K3_MAX = 10, not
+    exp(50), and no gradient; the loss is the token mean over used transitions."""
+    from types import SimpleNamespace
+
+    model = GroupRelativePPO(
+        LMActorCriticPolicy, count_up(2), group_size=2, kl_loss_coef=0.5, policy_kwargs=TINY
+    )
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    model._weights = np.ones(2, dtype=np.float32)
+    model._batch_inds = np.arange(2)
+    model._ref_log_prob = torch.tensor([0.0, -1.0])
+    log_prob = torch.tensor([-50.0, -1.5], requires_grad=True)
+    data = SimpleNamespace(advantages=torch.zeros(2), old_log_prob=log_prob.detach())
+    loss, _ = model.minibatch_loss(data, torch.zeros(2), log_prob, None, 0.2, None)
+    d = 0.5  # second token: exp(d) - d - 1
+    expected = 0.5 * (10.0 + (np.exp(d) - d - 1)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert log_prob.grad[0] == 0
+    assert log_prob.grad[1] == pytest.approx(0.5 * (1 - np.exp(d)) / 2, rel=1e-5)
 
 
 def test_save_load_keeps_the_options(tmp_path):
