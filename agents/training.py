@@ -169,11 +169,12 @@ def _resume_candidates(out: Path) -> list[tuple[int, Path]]:
     return [(step, folder) for step, folder, _ in found]
 
 
-def _kl_wrapper(agent: Any) -> Any:
-    """The agent's :class:`agents.kl.KLPenaltyVecEnv`, if any (none exists unless ``agents.kl``
-    was imported, so other agents do not pay for importing it)."""
+def _kl_penalty(agent: Any) -> Any:
+    """The agent's KL penalty (:class:`agents.kl.KLPenaltyCallback` or
+    :class:`agents.kl.KLPenaltyVecEnv`), whose coefficient checkpoints keep; ``None`` if it has
+    none. None exists unless ``agents.kl`` was imported, so agents without one never import it."""
     kl = sys.modules.get("agents.kl")
-    return None if kl is None else kl.kl_wrapper_of(agent)
+    return None if kl is None else kl.kl_penalty_of(agent)
 
 
 class _Signals:
@@ -235,7 +236,7 @@ def _save_checkpoint(agent: Any, folder: Path, steps: int, extra: dict[str, Any]
         tmp.mkdir(parents=True)
         agent.save(tmp / "agent")
         state = {"num_timesteps": int(steps), "time": time.time(), **extra}
-        wrapper = _kl_wrapper(agent)
+        wrapper = _kl_penalty(agent)
         if wrapper is not None:
             state["kl_controller"] = wrapper.state_dict()
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -556,7 +557,7 @@ def _load_newest(
     else:
         candidates = _resume_candidates(out)
     failures: list[str] = []
-    wrapper = _kl_wrapper(agent)
+    wrapper = _kl_penalty(agent)
     if wrapper is not None and wrapper.reference is None and hasattr(agent, "policy"):
         wrapper.attach(agent.policy)  # the KL reference: the starting model, as at first
     for _, folder in candidates:
@@ -669,7 +670,7 @@ def train_run(
             start, state, loaded_from = 0, {}, None
             if resume:
                 agent, start, loaded_from, state = _load_newest(agent, env, out, checkpoint)
-                wrapper = _kl_wrapper(agent)
+                wrapper = _kl_penalty(agent)
                 if wrapper is not None and "kl_controller" in state:
                     wrapper.load_state_dict(state["kl_controller"])
         except BaseException:

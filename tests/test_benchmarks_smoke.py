@@ -61,6 +61,12 @@ def test_vs_trl_quick(bench, capsys) -> None:
     assert "lm-gym / TRL" in capsys.readouterr().out
 
 
+def test_kl_speed_quick(bench, capsys) -> None:
+    out = bench.import_module("kl_speed").main(QUICK)
+    assert out["speedup"] > 0 and out["cpu_speedup"] > 0
+    assert "after" in capsys.readouterr().out
+
+
 def test_eval_speed_quick(bench, capsys) -> None:
     out = bench.import_module("eval_speed").main(QUICK)
     assert out["one"]["tokens"] > 0 and out["batched"]["n_envs"] == 2
