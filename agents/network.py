@@ -533,11 +533,12 @@ class RolloutKVCache:
     row whose real tokens start later than the cache holds zero keys and values there, masked
     out by its attention mask like any other padding.
 
-    For a row whose window ``w'`` equals its previous window ``w`` shifted left by one
-    (``w'[:-1] == w[1:]``, with ``w[0]`` padding and ``w'[-1]`` a real token), the cached keys and
-    values are kept and only the new token is computed (one position; the cache grows by one
-    column until it spans the whole window). A row whose window is unchanged reuses its last hidden
-    state. Any other row (a new episode, a different env order, anything unexpected) is recomputed
+    For a row whose window ``w'`` equals its previous window ``w`` shifted left by ``k >= 1``
+    (``w'[:-k] == w[k:]``, with ``w[:k]`` padding and ``w'[-k:]`` real tokens: one sampled token,
+    or a multi-turn env's token plus a partner's reply), the cached keys and values are kept and
+    only the ``k`` new tokens are computed (rows with the same ``k`` in one forward; the cache
+    grows by ``k`` columns until it spans the whole window). A row whose window is unchanged
+    reuses its last hidden state. Any other row (a new episode, a different env order, anything unexpected) is recomputed
     from scratch, from the first column where one of those rows has a real token. After each call
     the cache is cut to the first column where any row has a real token. The whole cache is dropped
     when the batch shape changes or the network's parameters change (see
@@ -616,22 +617,25 @@ class RolloutKVCache:
         version = net.param_version()
         full = torch.ones(batch, dtype=torch.bool, device=ids.device)
         same = torch.zeros_like(full)
-        step = torch.zeros_like(full)
+        shift = torch.zeros(batch, dtype=torch.long, device=ids.device)  # k of each shifted row
         if self._valid_for(version, ids):
             assert self.input_ids is not None and self.attention_mask is not None
             pid, pmask = self.input_ids, self.attention_mask
             same = (ids == pid).all(1) & (mask == pmask).all(1)
-            step = (
-                (ids[:, :-1] == pid[:, 1:]).all(1)
-                & (mask[:, :-1] == pmask[:, 1:]).all(1)
-                & (pmask[:, 0] == 0)
-                & (mask[:, -1] == 1)
-                & ~same
-            )
-            full = ~(same | step)
-        n_same, n_step, n_full = int(same.sum()), int(step.sum()), int(full.sum())
+            k = (mask.sum(1) - pmask.sum(1)).clamp(min=0)  # real tokens added
+            for kk in torch.unique(k[~same & (k > 0)]).tolist():
+                rows = (k == kk) & ~same
+                fits = (
+                    (ids[:, :-kk] == pid[:, kk:]).all(1)
+                    & (mask[:, :-kk] == pmask[:, kk:]).all(1)
+                    & (pmask[:, :kk] == 0).all(1)
+                    & (mask[:, -kk:] == 1).all(1)
+                )
+                shift = torch.where(rows & fits, kk, shift)
+            full = ~(same | (shift > 0))
+        n_same, n_shift, n_full = int(same.sum()), int((shift > 0).sum()), int(full.sum())
         self.stats["reused"] += n_same
-        self.stats["incremental"] += n_step
+        self.stats["incremental"] += n_shift
         self.stats["full"] += n_full
 
         # (rows, last hidden states, layers of the rows' last columns; widths may differ)
@@ -643,21 +647,21 @@ class RolloutKVCache:
             if n_same < batch:
                 layers = [(k[idx], v[idx]) for k, v in layers]
             parts.append((idx, self.hidden[idx] if n_same < batch else self.hidden, layers))
-        if n_step:
-            idx = step.nonzero().squeeze(1)
-            old = self.layers
-            if n_step < batch:
-                old = [(k[idx], v[idx]) for k, v in old]
-            # the window moved left by one: its first column (padding) leaves the cache if held
-            keep = min(self.width, length - 1)
+        for kk in torch.unique(shift[shift > 0]).tolist():
+            idx = (shift == kk).nonzero().squeeze(1)
+            whole = len(idx) == batch
+            old = self.layers if whole else [(k[idx], v[idx]) for k, v in self.layers]
+            # the window moved left by kk: its first kk columns (padding) leave the cache if held
+            keep = min(self.width, length - kk)
             if keep < self.width:
                 drop = self.width - keep
                 old = [(k[:, :, drop:], v[:, :, drop:]) for k, v in old]
-            m = mask[idx] if n_step < batch else mask
-            pos = (m.sum(1, keepdim=True) - 1).clamp(min=0)
+            m = mask if whole else mask[idx]
+            first_new = m.sum(1, keepdim=True) - kk  # position of the first new token
+            pos = first_new + torch.arange(kk, device=ids.device)
             hidden, cache = net.run_trunk(
-                (ids[idx] if n_step < batch else ids)[:, -1:],
-                m[:, -(keep + 1) :],
+                (ids if whole else ids[idx])[:, -kk:],
+                m[:, -(keep + kk) :],
                 position_ids=pos,
                 past_key_values=self._cache_from(old),
                 use_cache=True,

@@ -241,6 +241,54 @@ def test_trimmed_cache_rows_of_different_lengths_restart_mid_rollout(net: Causal
     assert cache.stats["incremental"] > 20
 
 
+def test_rows_that_grow_by_several_tokens_at_once(net: CausalLMActorCritic):
+    """A multi-turn env appends a partner's whole reply (k tokens) after the agent's token: rows
+    that grow by 1, 3 and 6 tokens in the same step, one unchanged row, one restarting, and a row
+    whose next turn no longer fits (real tokens leave the window): each k is one cached forward of
+    k positions, equal to the full forward."""
+    length, rng = 20, np.random.default_rng(6)
+    rows = [list(rng.integers(0, 5000, n)) for n in (2, 3, 5, 4, 6)]
+    growth = [1, 3, 6, 0, 1]  # row 3 unchanged; row 4 restarts at step 2
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for step in range(4):
+            windows = [_window(r, length) for r in rows]
+            _check_step(net, cache, [w[0] for w in windows], [w[1] for w in windows])
+            for r, g in zip(rows, growth):
+                r.extend(int(t) for t in rng.integers(0, 5000, g))
+            if step == 1:
+                rows[4] = list(rng.integers(0, 5000, 3))
+            rows = [r[-length:] for r in rows]
+    # row 2 holds 5 + 6k tokens: at step 3 (23 > 20) it drops real tokens and is recomputed
+    assert cache.stats["reused"] == 3
+    assert cache.stats["full"] == 5 + 1 + 1
+    assert cache.stats["incremental"] == 3 * 3 + 2 - 1
+
+
+def test_multi_turn_rollout_recomputes_only_new_episodes():
+    """On LMGuessNumber-v0 (turns of at most 4 tokens, then the partner's reply appended), the
+    cached forward equals the full one at every step, and only episode starts are recomputed:
+    a partner's turn is one cached forward of its tokens."""
+    import gymnasium as gym
+
+    net = CausalLMActorCritic("tiny-gpt2").eval()
+    env = DummyVecEnv([lambda: gym.make("LMGuessNumber-v0") for _ in range(3)])
+    env.seed(0)
+    obs = env.reset()
+    cache, rng, starts = RolloutKVCache(), np.random.default_rng(0), 3
+    with torch.no_grad():
+        for _ in range(24):
+            ids = torch.as_tensor(obs["input_ids"])
+            mask = torch.as_tensor(obs["attention_mask"])
+            logits_c, _ = net(ids, mask, cache)
+            logits_f, _ = net(ids, mask)
+            assert torch.allclose(logits_c, logits_f, atol=ATOL)
+            obs, _, dones, _ = env.step(rng.integers(0, 1000, 3))
+            starts += int(dones.sum())
+    assert cache.stats["full"] == starts - int(dones.sum())  # the last step's starts: not run
+    assert cache.stats["incremental"] == 3 * 24 - cache.stats["full"]
+
+
 def test_trimmed_cache_full_window_rows(net: CausalLMActorCritic):
     """A row whose window is all real tokens (the cache spans the whole window) next to rows that
     go on: the full row's next window drops a real token (recomputed), the others drop the
