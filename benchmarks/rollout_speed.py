@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{fmt_rate(cpu_rates[kind]):>10} {cpu_ratios[kind]:>10.2f} {runs:>5}  {peaks[kind]}"
         )
     print(
-        f"KV cache rows in the timed EpisodePPO rollouts: {cache_use['incremental']} incremental (the new tokens only: one, or a multi-turn env's partner turn), "
+        f"KV cache rows in the timed EpisodePPO rollouts: {cache_use['incremental']} incremental "
+        f"(the new tokens only: one, or a multi-turn env's partner turn), "
         f"{cache_use['full']} full-window, {cache_use['reused']} reused"
     )
     parts = ", ".join(
