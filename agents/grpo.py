@@ -22,8 +22,8 @@ reference's log-probabilities computed once per rollout in one forward per episo
 lm-gym envs whose envs ``g*G .. g*G+G-1`` form group ``g``. Each env numbers its episodes; the
 ``k``-th episodes of a group's envs form one group-episode. The first env of the group to start
 its ``k``-th episode (the *leader*) draws the sample as the env always does (its own seeded RNG,
-data set, split); the others are reset to that sample through the envs' public reset options
-(``options={"prompt": ..., "references": ...}``). Envs whose episodes end at different times
+data set, split); the others are reset to that sample, prompt, references and hidden ``meta``
+alike, through the envs' public reset option ``options={"sample": env.sample}``. Envs whose episodes end at different times
 (early EOS) stay correct: they only wait for nothing, they follow the same sample sequence.
 
 **Rollout boundaries.** SB3 collects a fixed number of steps per env, so an episode may begin in
@@ -145,7 +145,7 @@ class GroupedResetVecEnv(VecEnvWrapper):
         except AttributeError as err:
             raise TypeError(
                 "GroupedResetVecEnv needs lm-gym envs (TextEnv: a `sample` property and "
-                "reset(options={'prompt', 'references'}))."
+                "reset(options={'sample': ...}))."
             ) from err
         super().__init__(venv)
         self.group_size = group_size
@@ -153,7 +153,7 @@ class GroupedResetVecEnv(VecEnvWrapper):
         n = venv.num_envs
         self._episode = np.zeros(n, dtype=np.int64)
         self._key = np.full(n, -1, dtype=np.int64)
-        # per group: episode number -> [key, reset options, members still to start it]
+        # per group: episode number -> [key, sample, members still to start it]
         self._open: list[dict[int, list[Any]]] = [{} for _ in range(self.n_groups)]
         self._next_key = 0
         #: the group-episode key of every env at each step since :meth:`clear_log`
@@ -168,11 +168,11 @@ class GroupedResetVecEnv(VecEnvWrapper):
         self.step_keys.clear()
         self.step_dones.clear()
 
-    def _options_of(self, env: int) -> dict[str, Any]:
+    def _sample_of(self, env: int) -> Any:
         sample = self.venv.get_attr("sample", indices=[env])[0]
         if sample is None:
             raise RuntimeError(f"Env {env} has no current sample after its reset.")
-        return {"prompt": sample.prompt, "references": list(sample.references)}
+        return sample
 
     def _start(self, env: int, obs: dict[str, np.ndarray]) -> None:
         """Env ``env`` has just started its next episode (``self._episode[env]``): lead its group
@@ -181,14 +181,14 @@ class GroupedResetVecEnv(VecEnvWrapper):
         number = int(self._episode[env])
         entry = open_.get(number)
         if entry is None:  # the leader: its own draw is the group's sample
-            open_[number] = [self._next_key, self._options_of(env), self.group_size - 1]
+            open_[number] = [self._next_key, self._sample_of(env), self.group_size - 1]
             self._key[env] = self._next_key
             self._next_key += 1
             return
-        key, options, waiting = entry
+        key, sample, waiting = entry
         self._key[env] = key
-        if self._options_of(env) != options:
-            new_obs, _ = self.venv.env_method("reset", options=options, indices=[env])[0]
+        if self._sample_of(env) != sample:
+            new_obs, _ = self.venv.env_method("reset", options={"sample": sample}, indices=[env])[0]
             for name in obs:
                 obs[name][env] = new_obs[name]
             self.re_resets += 1

@@ -139,6 +139,21 @@ def test_reset_options_pin_sample() -> None:
         env.reset(options={"index": 10**6})
     with pytest.raises(ValueError, match="Unknown reset option"):
         env.reset(options={"idx": 1})
+    with pytest.raises(TypeError, match="must be an lm_gym Sample"):
+        env.reset(options={"sample": "Hello"})
+
+
+def test_reset_option_sample_replays_hidden_parts() -> None:
+    """``options={"sample": other.sample}`` plays exactly the other env's task, meta included
+    (a guessing game's hidden number is not in its prompt)."""
+    a, b = gym.make("LMGuessNumber-v0").unwrapped, gym.make("LMGuessNumber-v0").unwrapped
+    a.reset(seed=1)
+    b.reset(seed=2)
+    assert a.sample != b.sample
+    obs_b, _ = b.reset(options={"sample": a.sample})
+    assert b.sample == a.sample and b.sample.meta["secret"] == a.sample.meta["secret"]
+    obs_a, _ = a.reset(options={"sample": a.sample})
+    assert (obs_a["input_ids"] == obs_b["input_ids"]).all()
 
 
 def test_seed_changes_sample_draw() -> None:

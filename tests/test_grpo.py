@@ -146,7 +146,17 @@ def test_group_advantages_of_a_rollout_with_cut_episodes():
 # -- groups ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [count_up, text_env], ids=["procedural", "dataset"])
+def guess_number(n_envs: int, seed: int = 0, **kwargs) -> VecEnv:
+    """Multi-turn games with a hidden number (in the sample's meta, not in its prompt)."""
+    kwargs.pop("max_new_tokens", None)
+    env = DummyVecEnv([lambda: Monitor(gym.make("LMGuessNumber-v0")) for _ in range(n_envs)])
+    env.seed(seed)
+    return env
+
+
+@pytest.mark.parametrize(
+    "make", [count_up, text_env, guess_number], ids=["procedural", "dataset", "hidden-meta"]
+)
 def test_group_members_play_the_same_sample(make):
     env = GroupedResetVecEnv(make(6, max_new_tokens=3), group_size=3)
     tokenizer_eos = env.get_attr("eos_token_id", indices=[0])[0]
@@ -154,22 +164,28 @@ def test_group_members_play_the_same_sample(make):
     for g in range(2):
         rows = obs["input_ids"][3 * g : 3 * g + 3]
         assert (rows == rows[0]).all()
-    assert not (obs["input_ids"][0] == obs["input_ids"][3]).all()
+    first = env.get_attr("sample")
+    assert first[0] != first[3]  # the two groups play different samples (seeded)
     rng = np.random.default_rng(0)
     prompts: dict[int, set[str]] = {}
     counts: dict[int, int] = {}
     for _ in range(40):
         keys = env._key.copy()
+        samples = env.get_attr("sample")
+        for g in range(2):  # the whole sample, hidden meta included, is the group's
+            members = [samples[i] for i in range(3 * g, 3 * g + 3) if keys[i] == keys[3 * g]]
+            assert all(m == members[0] for m in members)
         actions = rng.integers(0, 1000, size=6)
         actions[rng.random(6) < 0.3] = tokenizer_eos  # early EOS: the envs drift apart in time
-        obs, _, dones, infos = env.step(actions)
+        obs, _, dones, _ = env.step(actions)
         for i in np.flatnonzero(dones):
-            prompts.setdefault(int(keys[i]), set()).add(infos[i]["prompt"])
+            prompts.setdefault(int(keys[i]), set()).add(repr(samples[i]))
             counts[int(keys[i])] = counts.get(int(keys[i]), 0) + 1
-    assert len(prompts) > 10
+    many = 2 if make is guess_number else 10  # games of several turns end less often
+    assert len(prompts) > many
     assert all(len(p) == 1 for p in prompts.values())  # one sample per group-episode
     assert max(counts.values()) == 3  # never more than the group's members
-    assert len({next(iter(p)) for p in prompts.values()}) > 3  # groups draw different samples
+    assert len({next(iter(p)) for p in prompts.values()}) > many // 3  # different samples
     assert len(env.step_keys) == len(env.step_dones) == 40
 
 

@@ -442,18 +442,29 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
         :param seed: seeds ``self.np_random`` (the sample draw).
         :param options: ``{"index": i}`` pins sample ``i`` of the split; ``{"prompt": str,
-            "references": [str, ...]}`` uses a given prompt (the template is applied).
+            "references": [str, ...]}`` uses a given prompt (the template is applied);
+            ``{"sample": s}`` replays a :class:`~lm_gym.data.base.Sample` as it is (prompt,
+            references and ``meta``, e.g. a game's hidden number: what :attr:`sample` returns), so
+            that several envs can play exactly the same task (GRPO's groups).
         :return: the observation and ``{"prompt": the plain prompt text, "prompt_tokens": the
             number of real prompt ids}``.
         """
         super().reset(seed=seed)
         options = options or {}
-        unknown = set(options) - {"index", "prompt", "references"}
+        unknown = set(options) - {"index", "prompt", "references", "sample"}
         if unknown:
             raise ValueError(
-                f"Unknown reset option(s) {sorted(unknown)}: use index, or prompt and references."
+                f"Unknown reset option(s) {sorted(unknown)}: use index, prompt and references, "
+                "or sample."
             )
-        if "index" in options:
+        if "sample" in options:
+            sample = options["sample"]
+            if not isinstance(sample, Sample):
+                raise TypeError(
+                    f"options['sample'] must be an lm_gym Sample (env.sample), got "
+                    f"{type(sample).__name__}."
+                )
+        elif "index" in options:
             if not self.samples:
                 raise ValueError(
                     f"{type(self).__name__} draws its prompts: options['index'] does not apply."
