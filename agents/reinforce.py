@@ -30,6 +30,10 @@ import numpy as np
 
 from agents.base import Callback, LMAgent, ObsDict, call_callback
 
+#: a finished episode: its final observation, actions, rewards, and the real tokens of the
+#: observation before each action
+Episode = tuple[dict[str, np.ndarray], list[int], list[float], list[int]]
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -135,17 +139,20 @@ class LMReinforce(LMAgent):
             self._reset_seed = None
             self._actions: list[int] = []
             self._rewards: list[float] = []
-        batch: list[tuple[dict[str, np.ndarray], list[int], list[float]]] = []
+            self._real: list[int] = []
+        batch: list[Episode] = []
         for _ in range(int(total_timesteps)):
             action, _ = self.predict(self._obs)
+            real = int(np.asarray(self._obs["attention_mask"]).sum())  # tokens before the action
             obs, reward, terminated, truncated, _info = self.env.step(action)
             self.num_timesteps += 1
             self._actions.append(int(action))
             self._rewards.append(float(reward))
+            self._real.append(real)
             if terminated or truncated:
-                batch.append((obs, self._actions, self._rewards))
+                batch.append((obs, self._actions, self._rewards, self._real))
                 self.episode_returns.append(float(sum(self._rewards)))
-                self._actions, self._rewards = [], []
+                self._actions, self._rewards, self._real = [], [], []
                 obs, _ = self.env.reset()
                 if len(batch) >= self.batch_episodes:
                     self._update(batch)
@@ -164,7 +171,7 @@ class LMReinforce(LMAgent):
             out.append(g)
         return out[::-1]
 
-    def _update(self, episodes: list[tuple[dict[str, np.ndarray], list[int], list[float]]]) -> None:
+    def _update(self, episodes: list[Episode]) -> None:
         import torch
 
         ids = torch.as_tensor(np.stack([e[0]["input_ids"] for e in episodes]), device=self._device)
@@ -173,12 +180,13 @@ class LMReinforce(LMAgent):
         )
         length = ids.shape[1]
         rows, cols, actions, returns = [], [], [], []
-        for b, (_, acts, rews) in enumerate(episodes):
-            n = len(acts)
-            # the final window ends with the n actions; the state before action j ends at
-            # position length - n - 1 + j
-            rows += [b] * n
-            cols += list(range(length - n - 1, length - 1))
+        for b, (final, acts, rews, reals) in enumerate(episodes):
+            # the final window's real tokens end at its last column; the state before action j
+            # (which held reals[j] real tokens) ends reals[j] real tokens in, and action j is the
+            # next token (a multi-turn env appends partner turns in between)
+            start = length - int(np.asarray(final["attention_mask"]).sum())
+            rows += [b] * len(acts)
+            cols += [start + r - 1 for r in reals]
             actions += acts
             returns += self._returns(rews)
         rows_t = torch.tensor(rows, device=self._device)
@@ -187,8 +195,9 @@ class LMReinforce(LMAgent):
         returns_t = torch.tensor(returns, dtype=torch.float32, device=self._device)
         if not torch.equal(ids[rows_t, cols_t + 1], actions_t):
             raise RuntimeError(
-                "The final observation does not end with the episode's actions: the observation "
-                "window must hold the whole episode (max_prompt_tokens + max_new_tokens)."
+                "The final observation does not hold the episode's actions where they were taken: "
+                "the observation window must hold the whole episode (max_prompt_tokens + "
+                "max_new_tokens)."
             )
 
         hidden, _ = self.net.run_trunk(ids.long(), mask.long())

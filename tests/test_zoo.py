@@ -66,6 +66,8 @@ FAMILIES = {
 }
 if "LMToy-v0" in gym.registry:
     FAMILIES["LMToy-v0"] = {}
+#: a multi-turn env (partner turns appended between the agent's tokens; 12-word vocabulary)
+FAMILIES["LMGuessNumberWords-v0"] = {}
 
 #: Tiny budgets: a couple of updates each.
 TINY = {
@@ -89,6 +91,8 @@ TINY = {
     "tabular-reinforce": {"max_actions": 8},
 }
 NO_MODEL = {"random", "tabular-q", "tabular-reinforce"}
+#: Agents that learn from (or take their action set from) the task's references
+NEEDS_REFERENCES = {"supervised", "tabular-q", "tabular-reinforce"}
 #: Agents whose deterministic prediction is not a function of the saved state.
 STOCHASTIC = {"random", "sample"}
 STEPS = 16
@@ -126,6 +130,12 @@ def test_registry_has_every_zoo_name() -> None:
 def test_agent_trains_and_evaluates(name: str, env_id: str, tmp_path: Path) -> None:
     kwargs = FAMILIES[env_id]
     env = gym.make(env_id, **kwargs)
+    if env_id == "LMGuessNumberWords-v0" and name in NEEDS_REFERENCES:
+        # a game: no reference answers and no demonstrator, so nothing to imitate or to take
+        # the tabular agents' action set from
+        with pytest.raises(ValueError, match="no references to learn from"):
+            make_agent(name, env, seed=0, **options(name)).learn(STEPS)
+        return
     agent = make_agent(name, env, seed=0, **options(name))
     assert isinstance(agent, Agent)
     budget = STEPS_OF.get(name, STEPS)
