@@ -24,6 +24,7 @@ and torch are imported inside the functions.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -178,17 +179,22 @@ def _package_folder(spec: PretrainedLM, name: str) -> Path:
     return folder
 
 
+#: Version of the GGUF conversion in the cache keys (v2: the config keeps no GGUF
+#: ``quantization_config``, so the float32 model is not taken for a quantized one).
+CONVERSION_VERSION = "v2"
+
+
 def _gguf_source(name: str) -> tuple[Path, str, str]:
     """``(folder, file name, cache key)`` of a built-in pretrained name or a ``.gguf`` path."""
     if name in PRETRAINED_LMS:
         spec = PRETRAINED_LMS[name]
-        return _package_folder(spec, name), spec.filename, f"{name}-v1"
+        return _package_folder(spec, name), spec.filename, f"{name}-{CONVERSION_VERSION}"
     path = Path(name).resolve()
     stat = path.stat()
     import hashlib
 
     digest = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return path.parent, path.name, f"gguf-{path.stem}-{digest}"
+    return path.parent, path.name, f"gguf-{path.stem}-{digest}-{CONVERSION_VERSION}"
 
 
 def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None:
@@ -254,8 +260,13 @@ def converted_model_dir(name: str, *, progress: bool = True) -> str:
     gguf_model = AutoModelForCausalLM.from_pretrained(
         str(source), gguf_file=filename, dtype=torch.float32
     )
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model first.
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model first. The
+    # weights are float32 now, so the config drops the GGUF quantization record (with it,
+    # transformers marks the model quantized and its Trainer, TRL's too, refuses to train it).
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     del gguf_model
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=filename)

@@ -199,6 +199,11 @@ def test_smollm2_loads_offline_and_its_cached_rollout_is_exact() -> None:
 
     tok = models.load_tokenizer("smollm2-135m")
     assert len(tok) == 49152 and tok.eos_token_id == 2
+    lm = models.load_causal_lm("smollm2-135m")
+    # de-quantised float32 weights: not marked quantized (transformers' Trainer and TRL train it)
+    assert not getattr(lm, "is_quantized", False)
+    assert getattr(lm.config, "quantization_config", None) is None
+    assert next(lm.parameters()).dtype == torch.float32
     assert tok.chat_template  # an instruct model
     env = gym.make("LMText-v0", tokenizer="smollm2-135m", max_new_tokens=6)
     assert env.action_space.n == 49152
