@@ -53,6 +53,7 @@ Usage::
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from typing import Any, Literal
 
 import numpy as np
@@ -127,11 +128,12 @@ class GroupedResetVecEnv(VecEnvWrapper):
     :param venv: an SB3 vector env whose envs are lm-gym :class:`lm_gym.envs.core.TextEnv`
         (possibly inside ``Monitor``); ``num_envs`` a multiple of ``group_size``.
     :param group_size: episodes per group (``G >= 2``).
+    :param max_log: steps kept in :attr:`step_keys` and :attr:`step_dones` (at least a rollout).
     :raises ValueError: ``group_size < 2`` or ``num_envs`` not a multiple of it.
     :raises TypeError: the envs have no ``sample`` (not lm-gym envs).
     """
 
-    def __init__(self, venv: VecEnv, group_size: int) -> None:
+    def __init__(self, venv: VecEnv, group_size: int, max_log: int = 100_000) -> None:
         group_size = int(group_size)
         if group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {group_size}.")
@@ -156,10 +158,11 @@ class GroupedResetVecEnv(VecEnvWrapper):
         # per group: episode number -> [key, sample, members still to start it]
         self._open: list[dict[int, list[Any]]] = [{} for _ in range(self.n_groups)]
         self._next_key = 0
-        #: the group-episode key of every env at each step since :meth:`clear_log`
-        self.step_keys: list[np.ndarray] = []
-        #: the dones of each step since :meth:`clear_log`
-        self.step_dones: list[np.ndarray] = []
+        #: the group-episode key of every env at each step since :meth:`clear_log` (the last
+        #: ``max_log`` steps, so that an env used outside the algorithm does not grow forever)
+        self.step_keys: deque[np.ndarray] = deque(maxlen=max_log)
+        #: the dones of each step since :meth:`clear_log` (the last ``max_log``)
+        self.step_dones: deque[np.ndarray] = deque(maxlen=max_log)
         #: re-resets made to put a follower on its leader's sample
         self.re_resets = 0
 
@@ -361,8 +364,8 @@ class GroupRelativePPO(EpisodePPO):
         grouped.clear_log()
         if not super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps):
             return False
-        keys = np.stack(grouped.step_keys[-n_rollout_steps:])
-        dones = np.stack(grouped.step_dones[-n_rollout_steps:])
+        keys = np.stack(list(grouped.step_keys)[-n_rollout_steps:])
+        dones = np.stack(list(grouped.step_dones)[-n_rollout_steps:])
         stats = self.compute_group_advantages(rollout_buffer, keys, dones)
         for key, value in stats.items():
             self.logger.record(f"rollout/{key}", value)
