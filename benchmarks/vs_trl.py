@@ -179,6 +179,15 @@ def make_trl_trainer(
             self.cpu_seconds.append(time.process_time() - self._cpu0)
             self.peaks.append(stop_peak(self._peak, device))
 
+    # TRL turns activation (gradient) checkpointing on by default: off, as lm-gym runs without it
+    # (transformers >= 5 renamed the option; the old name warns)
+    fields = getattr(GRPOConfig, "__dataclass_fields__", {})
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+    checkpointing_off = {name: False}
     config = GRPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=args.n,
@@ -194,6 +203,7 @@ def make_trl_trainer(
         learning_rate=args.lr,
         bf16=False,
         fp16=False,
+        **checkpointing_off,
         use_cpu=device.type == "cpu",
         max_steps=1,
         logging_steps=1,
