@@ -338,6 +338,7 @@ def make_ppo(
     learning_rate: float = 1e-5,
     episode_eval: bool = True,
     group_size: int = 0,
+    lora: dict[str, Any] | None = None,
 ) -> Any:
     """An :class:`agents.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without outputs;
     with ``group_size`` a :class:`agents.grpo.GroupRelativePPO` (GRPO, no value head).
@@ -354,6 +355,7 @@ def make_ppo(
     :param episode_eval: EpisodePPO's episode-level update (False: stock evaluation).
     :param group_size: 0 for PPO; ``G >= 2`` for GRPO with groups of ``G`` envs (the envs are
         wrapped in :class:`agents.grpo.GroupedResetVecEnv` when learning starts).
+    :param lora: LoRA adapter options (``policy_kwargs["lora"]``), or ``None``.
     """
     from stable_baselines3.common.logger import Logger
 
@@ -362,6 +364,8 @@ def make_ppo(
     from agents.ppo import EpisodePPO
 
     policy_kwargs: dict[str, Any] = {"model": model_name, "kv_cache": kv_cache}
+    if lora is not None:
+        policy_kwargs["lora"] = lora
     algo: Any = EpisodePPO
     extra: dict[str, Any] = {}
     if group_size:

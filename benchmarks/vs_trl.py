@@ -8,7 +8,8 @@ iteration:
 * lm-gym (``--agents``, both by default): ``ppo`` is :class:`agents.ppo.EpisodePPO` with
   :class:`agents.policies.LMActorCriticPolicy` (KV-cached rollouts, value head); ``grpo`` is
   :class:`agents.grpo.GroupRelativePPO` with one group of ``n`` envs (the same prompt for all, as
-  TRL's group) and no value head. On ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1
+  TRL's group) and no value head; ``grpo-lora`` the same training LoRA adapters (r 16) only. On
+  ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1
   minibatch, one optimizer step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
 * TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size=n``,
   ``max_completion_length=new_tokens`` (``min_new_tokens`` too, so every completion has exactly
@@ -63,6 +64,12 @@ from bench_common import (
 from stable_baselines3.common.callbacks import BaseCallback
 
 TARGET = 1.5
+#: lm-gym sides: (GRPO, LoRA options)
+AGENTS: dict[str, tuple[bool, dict[str, Any] | None]] = {
+    "ppo": (False, None),
+    "grpo": (True, None),
+    "grpo-lora": (True, {"r": 16, "alpha": 32}),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-6l-384"])
     parser.add_argument("--env", default="LMText-v0")
     parser.add_argument(
-        "--agents", nargs="+", choices=["ppo", "grpo"], default=["ppo", "grpo"], help="lm-gym side"
+        "--agents",
+        nargs="+",
+        choices=list(AGENTS),
+        default=["ppo", "grpo"],
+        help="lm-gym side (grpo-lora: GRPO training LoRA adapters, r 16)",
     )
     parser.add_argument("--n", type=int, default=8, help="envs = completions per iteration")
     parser.add_argument("--new-tokens", type=int, default=48)
@@ -253,7 +264,8 @@ def bench_model(
             device=device,
             seed=args.seed,
             learning_rate=args.lr,
-            group_size=args.n if agent == "grpo" else 0,
+            group_size=args.n if AGENTS[agent][0] else 0,
+            lora=AGENTS[agent][1],
         )
     lm_timer = _IterationTimer()
     out_dir = tempfile.mkdtemp(prefix="lm_gym_vs_trl_")
@@ -346,12 +358,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"iteration, {args.iterations} timed iterations per side (alternating), device {device}"
     )
     print(
-        f"{'model':<14} {'agent':<5} {'lm-gym tok/s':>12} {'TRL tok/s':>10} {'ratio':>6} {'CPU-time ratio':>14}  "
+        f"{'model':<14} {'agent':<9} {'lm-gym tok/s':>12} {'TRL tok/s':>10} {'ratio':>6} {'CPU-time ratio':>14}  "
         f"{'lm-gym rollout+update s':>23}  lm-gym memory / TRL memory"
     )
     for r in results:
         print(
-            f"{r['model']:<14} {r['agent']:<5} {fmt_rate(r['lm_gym_tok_s']):>12} {fmt_rate(r['trl_tok_s']):>10} "
+            f"{r['model']:<14} {r['agent']:<9} {fmt_rate(r['lm_gym_tok_s']):>12} {fmt_rate(r['trl_tok_s']):>10} "
             f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>13.2f}x  "
             f"{r['rollout_s']:>11.2f} + {r['update_s']:<9.2f}  "
             f"{r['lm_gym_peak']} / {r['trl_peak']}"
