@@ -415,7 +415,7 @@ class GroupRelativePPO(EpisodePPO):
         rollout_buffer.advantages = advantages
         rollout_buffer.returns = advantages + rollout_buffer.values
         # the flat order of RolloutBuffer.get (env-major), as the update indexes transitions
-        self._weights = weights.swapaxes(0, 1).reshape(-1)
+        self._weights = RolloutBuffer.swap_and_flatten(weights).reshape(-1)
         stats = {
             "group_used_fraction": float(weights.mean()),
             "groups": float(len(used)),

@@ -437,12 +437,6 @@ def episode_action_log_probs(
     return out
 
 
-def _env_major(array: np.ndarray) -> np.ndarray:
-    """``(n_steps, n_envs, ...)`` to SB3's flat env-major order ``(n_envs * n_steps, ...)``."""
-    array = np.asarray(array)
-    return array.swapaxes(0, 1).reshape(array.shape[0] * array.shape[1], *array.shape[2:])
-
-
 def buffer_holds_unmasked_log_probs(policy: torch.nn.Module) -> bool:
     """Whether the rollout buffer's log-probabilities are the LM head's unmasked softmax: true
     for :class:`agents.policies.LMActorCriticPolicy`, false for a ``MaskablePPO`` policy (NLPO's
@@ -480,15 +474,17 @@ def rollout_token_kl(
         raise RuntimeError("The rollout buffer was already flattened (get() was called).")
     net = lm_network(policy)
     n_steps, n_envs = rollout_buffer.buffer_size, rollout_buffer.n_envs
-    ids, mask = _env_major(obs[IDS_KEY]), _env_major(obs[MASK_KEY])
+    # SB3's flat env-major order, as RolloutBuffer.get() flattens the buffer
+    flat = RolloutBuffer.swap_and_flatten
+    ids, mask = flat(obs[IDS_KEY]), flat(obs[MASK_KEY])
     index = build_episode_index(ids, mask, rollout_buffer.episode_starts)
     device = next(net.parameters()).device
     ids_t = torch.as_tensor(ids, device=device).long()
     mask_t = torch.as_tensor(mask, device=device).long()
-    actions = torch.as_tensor(_env_major(rollout_buffer.actions).reshape(-1), device=device).long()
+    actions = torch.as_tensor(flat(rollout_buffer.actions).reshape(-1), device=device).long()
     logp_ref = episode_action_log_probs(reference, index, ids_t, mask_t, actions, max_batch_tokens)
     if buffer_holds_unmasked_log_probs(policy):
-        logp = _env_major(rollout_buffer.log_probs).reshape(-1)
+        logp = flat(rollout_buffer.log_probs).reshape(-1)
     else:
         logp = episode_action_log_probs(net, index, ids_t, mask_t, actions, max_batch_tokens)
         logp = logp.cpu().numpy()
