@@ -241,10 +241,16 @@ def test_gymnasium_vector_envs(async_: bool) -> None:
         venv.close()
 
 
-def test_partners_and_errors() -> None:
+def test_partners_and_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="Unknown partner"):
         make_partner("no-such-partner")
     assert isinstance(make_partner(echo_partner), ScriptedPartner)
+    # named as rewards are: "module:function" or "file.py:function"
+    assert isinstance(make_partner("tests.test_multiturn:echo_partner"), ScriptedPartner)
+    (tmp_path / "mine.py").write_text("def say_hi(messages, sample):\n    return 'hi'\n")
+    assert isinstance(make_partner(f"{tmp_path / 'mine.py'}:say_hi"), ScriptedPartner)
+    with pytest.raises(ValueError, match=r"partner .*has no 'say_hello'.*'say_hi'"):
+        make_partner(f"{tmp_path / 'mine.py'}:say_hello")
     with pytest.raises(ValueError, match="needs a partner"):
         MultiTurnEnv(reward="distinct-1")
     env = small_chat(partner=lambda m, s: 3)

@@ -41,7 +41,6 @@ turns joined by newlines), ``turns`` (a record per turn), ``conversation`` (the 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +51,7 @@ import numpy as np
 
 from lm_gym.data import Sample
 from lm_gym.envs.core import TOKEN_BUDGET_KEY, EpisodeError, ObsType, TextEnv
+from lm_gym.rewards import import_callable, names_import
 
 #: the roles of :attr:`MultiTurnEnv.messages`: the partner speaks as "user", the agent as
 #: "assistant"
@@ -402,7 +402,8 @@ def make_partner(spec: Any, **kwargs: Any) -> Partner:
     """Build a partner.
 
     :param spec: a registered name (``"data"``, ``"model"``, a task's scripted partner), a
-        ``"module:function"`` string naming a scripted partner's callable, a :class:`Partner`
+        ``"module:function"`` or ``"file.py:function"`` string naming a scripted partner's
+        callable (:func:`lm_gym.rewards.import_callable`, as rewards are named), a :class:`Partner`
         (returned as is), or any callable ``fn(messages, sample)`` (a :class:`ScriptedPartner`).
     :param kwargs: the factory's keyword arguments (``model=...`` for ``"model"``).
     :raises ValueError: an unknown name.
@@ -412,12 +413,8 @@ def make_partner(spec: Any, **kwargs: Any) -> Partner:
     if isinstance(spec, str):
         if spec in _PARTNERS:
             return _PARTNERS[spec](**kwargs)
-        module, sep, attr = spec.rpartition(":")
-        if sep and module and attr.isidentifier():
-            try:
-                fn = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as exc:
-                raise ValueError(f"partner {spec!r} cannot be imported: {exc}") from exc
+        if names_import(spec):
+            fn = import_callable(spec, "partner")
             return fn(**kwargs) if isinstance(fn, type) else ScriptedPartner(fn)
         raise ValueError(
             f"Unknown partner {spec!r}: use one of {list_partners()}, 'module:function' (a "

@@ -89,23 +89,37 @@ def list_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def is_import_spec(spec: Any) -> bool:
-    """Whether ``spec`` names a reward function to import: ``"module:function"`` or
-    ``"file.py:function"`` (not a registered scorer name)."""
-    if not isinstance(spec, str) or spec in _REGISTRY:
+def names_import(spec: Any) -> bool:
+    """Whether ``spec`` has the form of a callable to import: ``"module:function"`` or
+    ``"file.py:function"``."""
+    if not isinstance(spec, str):
         return False
     module, sep, attr = spec.rpartition(":")
     return bool(sep and module and attr.isidentifier())
 
 
-@functools.lru_cache(maxsize=64)
+def is_import_spec(spec: Any) -> bool:
+    """Whether ``spec`` names a reward function to import: ``"module:function"`` or
+    ``"file.py:function"`` (not a registered scorer name)."""
+    return names_import(spec) and spec not in _REGISTRY
+
+
 def import_reward(spec: str) -> Callable[..., Any]:
-    """The reward function (or :class:`Scorer` class) that ``spec`` names.
+    """The reward function (or :class:`Scorer` class) that ``spec`` names (see
+    :func:`import_callable`)."""
+    return import_callable(spec, "reward")
+
+
+@functools.lru_cache(maxsize=64)
+def import_callable(spec: str, what: str) -> Callable[..., Any]:
+    """The callable that ``spec`` names: a reward function, a multi-turn env's scripted
+    partner, ...
 
     ``"package.module:function"`` imports the module (from the current folder too, as
     ``python -m`` would); ``"path/to/file.py:function"`` runs the file as a module.
 
     :param spec: ``"module:function"`` or ``"file.py:function"``.
+    :param what: what it is for, in error messages (``"reward"``, ``"partner"``).
     :return: the callable.
     :raises ValueError: the module or file is not found, or has no such name (with the closest).
     :raises TypeError: the name is not callable.
@@ -114,11 +128,11 @@ def import_reward(spec: str) -> Callable[..., Any]:
     if module_name.endswith(".py"):
         path = Path(module_name).expanduser()
         if not path.is_file():
-            raise ValueError(f"reward {spec!r}: the file {module_name!r} does not exist.")
+            raise ValueError(f"{what} {spec!r}: the file {module_name!r} does not exist.")
         unique = f"lm_gym_reward_{abs(hash(str(path.resolve())))}"
         loader_spec = importlib.util.spec_from_file_location(unique, path)
         if loader_spec is None or loader_spec.loader is None:
-            raise ValueError(f"reward {spec!r}: {module_name!r} cannot be imported.")
+            raise ValueError(f"{what} {spec!r}: {module_name!r} cannot be imported.")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[unique] = module
         loader_spec.loader.exec_module(module)
@@ -127,13 +141,13 @@ def import_reward(spec: str) -> Callable[..., Any]:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name is None or not module_name.startswith(exc.name) or "" in sys.path:
-                raise ValueError(f"reward {spec!r}: {exc}") from exc
+                raise ValueError(f"{what} {spec!r}: {exc}") from exc
             sys.path.insert(0, os.getcwd())  # the current folder, as ``python -m`` has it
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as again:
                 raise ValueError(
-                    f"reward {spec!r}: {again} (looked in the current folder too; set PYTHONPATH "
+                    f"{what} {spec!r}: {again} (looked in the current folder too; set PYTHONPATH "
                     "or install the package)"
                 ) from again
             finally:
@@ -143,9 +157,9 @@ def import_reward(spec: str) -> Callable[..., Any]:
         names = [n for n in vars(module) if not n.startswith("_")]
         close = difflib.get_close_matches(attr, names, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"reward {spec!r}: {module_name!r} has no {attr!r}.{hint}")
+        raise ValueError(f"{what} {spec!r}: {module_name!r} has no {attr!r}.{hint}")
     if not callable(fn):
-        raise TypeError(f"reward {spec!r}: {attr!r} is a {type(fn).__name__}, not a function.")
+        raise TypeError(f"{what} {spec!r}: {attr!r} is a {type(fn).__name__}, not a function.")
     return fn
 
 
@@ -263,6 +277,7 @@ __all__ = [
     "VaderSentimentScorer",
     "corpus_distinct_n",
     "distinct_n",
+    "import_callable",
     "import_reward",
     "list_scorers",
     "make_scorer",
