@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
+
+from lm_gym.models import cache_keyword, output_cache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -283,10 +284,8 @@ class CausalLMActorCritic(nn.Module):
         self.lm = model
         self.bf16 = bool(bf16)
         self.detach_value = bool(detach_value)
-        #: the trunk's keyword for a KV cache: ``cache`` (transformers >= 5, where
-        #: ``past_key_values`` is deprecated) or ``past_key_values`` (older releases)
-        params = inspect.signature(type(model.base_model).forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        #: the trunk's keyword for a KV cache (:func:`lm_gym.models.cache_keyword`)
+        self._cache_kwarg = cache_keyword(model.base_model)
         hidden = int(model.config.get_text_config().hidden_size)
         self.hidden_size = hidden
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -361,8 +360,7 @@ class CausalLMActorCritic(nn.Module):
             )
         if not use_cache:
             return out.last_hidden_state, None
-        cache = getattr(out, "cache", None)  # transformers >= 5 (older: ``past_key_values``)
-        return out.last_hidden_state, (out.past_key_values if cache is None else cache)
+        return out.last_hidden_state, output_cache(out)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (float32) from hidden states of any leading shape."""

@@ -381,6 +381,26 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cache_keyword(model: Any) -> str:
+    """The keyword under which a transformers model's ``forward`` (and ``generate``) takes a KV
+    cache: ``cache`` (transformers >= 5, where ``past_key_values`` is deprecated and removed in
+    5.40) or ``past_key_values`` (older releases). The one place lm-gym decides it.
+
+    :param model: a transformers model (an LM, or its trunk ``model.base_model``).
+    """
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a transformers model or ``generate`` output: ``output.cache``
+    (transformers >= 5), else ``output.past_key_values``; ``None`` when it holds none."""
+    cache = getattr(output, "cache", None)
+    return getattr(output, "past_key_values", None) if cache is None else cache
+
+
 def try_from_pretrained(loader: Any, name: str, **kwargs: Any) -> tuple[Any, Exception | None]:
     """``loader.from_pretrained(name)``: the local HF cache first, then the hub when reachable.
 

@@ -8,6 +8,7 @@ window layouts are mixed.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -305,6 +306,25 @@ def test_trimmed_cache_full_window_rows(net: CausalLMActorCritic):
             rows = [r[-length:] for r in rows]
     assert cache.width == length
     assert cache.stats["incremental"] >= 5 and cache.stats["full"] > 3
+
+
+def test_cache_keyword_and_output_cache_are_decided_in_one_place():
+    """``lm_gym.models.cache_keyword``/``output_cache`` serve the policies' trunk and the
+    multi-turn model partner: the keyword each model's forward takes, and the cache of an
+    output under either name (a loud failure here means transformers moved its Cache API)."""
+    from types import SimpleNamespace
+
+    from lm_gym.models import cache_keyword, load_causal_lm, output_cache
+
+    lm = load_causal_lm("tiny-gpt2")
+    for module in (lm, lm.base_model):
+        params = inspect.signature(type(module).forward).parameters
+        assert cache_keyword(module) in params
+        assert cache_keyword(module) == ("cache" if "cache" in params else "past_key_values")
+    new, old = object(), object()
+    assert output_cache(SimpleNamespace(cache=new, past_key_values=old)) is new
+    assert output_cache(SimpleNamespace(past_key_values=old)) is old
+    assert output_cache(SimpleNamespace(cache=None, past_key_values=None)) is None
 
 
 def test_cached_steps_pass_the_cache_under_the_current_keyword(net: CausalLMActorCritic):

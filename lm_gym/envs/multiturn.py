@@ -41,7 +41,6 @@ turns joined by newlines), ``turns`` (a record per turn), ``conversation`` (the 
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import numpy as np
 
 from lm_gym.data import Sample
 from lm_gym.envs.core import TOKEN_BUDGET_KEY, EpisodeError, ObsType, TextEnv
+from lm_gym.models import cache_keyword, output_cache
 from lm_gym.rewards import import_callable, names_import
 
 #: the roles of :attr:`MultiTurnEnv.messages`: the partner speaks as "user", the agent as
@@ -271,10 +271,8 @@ class ModelPartner(Partner):
         if template == "auto":
             template = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
         self.template = template
-        #: the model's keyword for a KV cache: ``cache`` (transformers >= 5.24, where
-        #: ``past_key_values`` is deprecated) or ``past_key_values``
-        params = inspect.signature(type(self.model).forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        #: the model's keyword for a KV cache (:func:`lm_gym.models.cache_keyword`)
+        self._cache_kwarg = cache_keyword(self.model)
         self._cache: Any = None
         self._cached_ids: list[int] = []
         self._seed = 0
@@ -368,7 +366,7 @@ class ModelPartner(Partner):
         finally:
             torch.random.set_rng_state(generator_state)
         new = out.sequences[0, len(ids) :].tolist()
-        self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        self._cache = output_cache(out)
         self._cached_ids = [*ids, *new]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return PartnerReply(text.split("\n")[0].strip() if self.template == "plain" else text)
