@@ -112,9 +112,9 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env_options(env_id: str) -> list[str] | None:
-    """The option names of a registered env's class (``default_config``), without building it;
-    ``None`` when the class does not list them."""
+def _env_class(env_id: str) -> Any:
+    """The class (or creator) registered for an env id, without building the env; ``None`` for
+    an unknown id (the config check reports it)."""
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
@@ -122,28 +122,28 @@ def _env_options(env_id: str) -> list[str] | None:
 
     try:
         spec = gym.spec(env_id)
-        creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else None
-    except Exception:  # an unknown id is reported by the config check
+        return load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else None
+    except Exception:
         return None
-    default_config = getattr(creator, "default_config", None)
+
+
+def _env_options(env_id: str) -> list[str] | None:
+    """The option names of a registered env's class (``default_config``), without building it;
+    ``None`` when the class does not list them."""
+    default_config = getattr(_env_class(env_id), "default_config", None)
     return sorted(default_config()) if callable(default_config) else None
 
 
 def _check_env_options(env_id: str, options: dict[str, Any]) -> None:
-    """Refuse ``--env-set`` keys the env does not take, with the closest name."""
-    import difflib
-
-    known = _env_options(env_id)
-    if known is None:
+    """Refuse ``--env-set`` keys the env does not take, with the closest name (the env's own
+    check, :meth:`lm_gym.envs.core.TextEnv.check_options`)."""
+    check = getattr(_env_class(env_id), "check_options", None)
+    if check is None:
         return
-    for key in options:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise CLIError(
-                f"--env-set {key}: the env {env_id} has no option {key!r}.{hint} "
-                f"Its options: {', '.join(known)}."
-            )
+    try:
+        check(options)
+    except TypeError as exc:
+        raise CLIError(f"--env-set: the env {env_id}: {exc}") from None
 
 
 def _agent_option_hint(exc: Exception, env_id: str | None) -> Exception:

@@ -171,6 +171,26 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             "defer_reward": False,
         }
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse option names the env does not take (:meth:`default_config`), each with the
+        closest known name; used by the constructor and by ``lm-gym train --env-set`` before
+        anything is built.
+
+        :param options: option names (and values).
+        :raises TypeError: an unknown name.
+        """
+        known = cls.default_config()
+        unknown = set(options) - set(known)
+        if unknown:
+            hints = []
+            for key in sorted(unknown):
+                close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"{cls.__name__} got unknown option(s) {', '.join(hints)}; known: {sorted(known)}"
+            )
+
     def __init__(
         self,
         render_mode: str | None = None,
@@ -180,16 +200,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         cfg = self.default_config()
         given = set(config or {}) | set(kwargs)
         for source in (config or {}, kwargs):
-            unknown = set(source) - set(cfg)
-            if unknown:
-                hints = []
-                for key in sorted(unknown):
-                    close = difflib.get_close_matches(key, list(cfg), n=1, cutoff=0.6)
-                    hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
-                raise TypeError(
-                    f"{type(self).__name__} got unknown option(s) {', '.join(hints)}; "
-                    f"known: {sorted(cfg)}"
-                )
+            self.check_options(source)
             cfg.update(source)
         self.config = cfg
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
