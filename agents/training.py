@@ -463,14 +463,9 @@ def _option_defaults(agent: str) -> dict[str, Any]:
         from agents import zoo
 
         try:
-            cls = zoo._algo_class(agent)
-            if agent == "ppo":  # EpisodePPO forwards its options to SB3's PPO
-                from stable_baselines3 import PPO
-
-                cls = PPO
-            params = inspect.signature(cls.__init__).parameters.values()
+            params = zoo.algo_parameters(agent).values()
             defaults.update({p.name: p.default for p in params if p.default is not p.empty})
-        except (ImportError, AttributeError, TypeError, ValueError):  # no signature to read
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError):  # no signature
             pass
     try:  # the factory's own defaults win (``learning_rate="auto"`` over SB3's number)
         params = inspect.signature(spec.factory).parameters.values()

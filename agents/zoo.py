@@ -500,7 +500,13 @@ _EXTRA_OPTIONS = {
 GROUP_ALGORITHMS = {"grpo": "grpo", "rloo": "rloo"}
 
 
-def _algo_option_names(name: str) -> list[str]:
+def algo_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of a zoo SB3 agent's algorithm, with their defaults (EpisodePPO
+    and GroupRelativePPO forward SB3's PPO's: both sets, theirs winning), less those the factory
+    sets itself.
+
+    :param name: a key of :data:`SB3_ALGORITHMS`.
+    """
     cls = _algo_class(name)
     params = dict(inspect.signature(cls.__init__).parameters)
     if name == "ppo" or name in GROUP_ALGORITHMS:  # they forward **kwargs to SB3's PPO
@@ -508,13 +514,13 @@ def _algo_option_names(name: str) -> list[str]:
 
         params = {**inspect.signature(PPO.__init__).parameters, **params}
         params.pop("advantage", None)  # fixed by the agent's name
-    own = [
-        p
-        for p in params
-        if p not in _MANAGED
-        and params[p].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    ]
-    return sorted(set(own) | set(SB3_COMMON_OPTIONS) | set(_EXTRA_OPTIONS.get(name, ())))
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return {k: p for k, p in params.items() if k not in _MANAGED and p.kind not in variadic}
+
+
+def _algo_option_names(name: str) -> list[str]:
+    own = set(algo_parameters(name))
+    return sorted(own | set(SB3_COMMON_OPTIONS) | set(_EXTRA_OPTIONS.get(name, ())))
 
 
 def _vec_env(env: gym.Env, n_envs: int) -> Any:

@@ -303,9 +303,10 @@ def test_api_errors(tmp_path: Path, run_dir: Path) -> None:
     out = tmp_path / "new"
     with pytest.raises(training.RunSetupError, match="n_timesteps"):
         training.train_run(RunConfig(ENV, "random", n_timesteps=-5), out, progress=False)
-    config = RunConfig(ENV, "ppo", hyperparams={"model": "tiny-gpt2", "n_steps": "abc"})
-    with pytest.raises(training.RunSetupError, match="n_steps='abc' is not a number"):
-        training.train_run(config, out, progress=False)
+    for agent in ("ppo", "grpo"):  # GRPO's SB3 options are PPO's: the same check
+        config = RunConfig(ENV, agent, hyperparams={"model": "tiny-gpt2", "n_steps": "abc"})
+        with pytest.raises(training.RunSetupError, match="n_steps='abc' is not a number"):
+            training.train_run(config, out, progress=False)
     config = RunConfig(ENV, "ppo", hyperparams={"model": "tiny-gpt2", "learning_rate": -1.0})
     with pytest.raises(training.RunSetupError, match="agent 'ppo' cannot be built"):
         training.train_run(config, out, progress=False)
