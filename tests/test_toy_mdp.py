@@ -355,19 +355,15 @@ def test_agent_protocol_save_load_callback(tmp_path, toy) -> None:
 # -- GPT-2 policy ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
-    """Stock SB3 PPO, GPT-2 actor-critic (2 layers, 128 wide, random init, vocabulary of 5 words).
-
-    Normalised advantages, a learning rate decaying linearly from 1e-3 to 0 (the policy settles:
-    with a constant rate it reaches the optimum and drifts off it again), 8192 steps.
-    """
+def check_lm_policy_reaches_the_sort_optimum(make_model, sort, value_head: bool = True) -> None:
+    """Build ``make_model(env, policy_kwargs)`` on 8 seeded ``LMWordSort-v0`` envs with the GPT-2
+    policy (2 layers, 128 wide, random init, 5 words), train 8192 steps on one torch thread with
+    a learning rate decaying linearly from 1e-3 (the policy settles: with a constant rate it
+    reaches the optimum and drifts off it again), and check that the greedy policy is optimal."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("stable_baselines3")
-    from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.policies import LMActorCriticPolicy
     from lm_gym.models import load_causal_lm
 
     mdp, solution = sort
@@ -376,17 +372,10 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = PPO(
-            LMActorCriticPolicy,
-            env,
-            n_steps=64,
-            batch_size=128,
-            n_epochs=10,
-            learning_rate=lambda progress_remaining: 1e-3 * progress_remaining,
-            gamma=1.0,
-            policy_kwargs={"model": load_causal_lm("tiny-gpt2", vocab_size=5)},
-            seed=0,
-        )
+        policy_kwargs = {"model": load_causal_lm("tiny-gpt2", vocab_size=5)}
+        if not value_head:
+            policy_kwargs["value_head"] = False
+        model = make_model(env, policy_kwargs)
         untrained = mdp.start_value(mdp.policy_value(mdp.policy_of(model)))
         model.learn(8192)
         policy = mdp.policy_of(model)
@@ -397,28 +386,47 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     assert mdp.start_value(mdp.policy_value(policy)) == pytest.approx(solution.start_value)
 
 
+def decaying_lr(progress_remaining: float) -> float:
+    """1e-3 at the start, linearly down to 0."""
+    return 1e-3 * progress_remaining
+
+
+@pytest.mark.slow
+def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
+    """Stock SB3 PPO, GPT-2 actor-critic, normalised advantages, 10 epochs."""
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    from agents.policies import LMActorCriticPolicy
+
+    def make(env, policy_kwargs):
+        return PPO(
+            LMActorCriticPolicy,
+            env,
+            n_steps=64,
+            batch_size=128,
+            n_epochs=10,
+            learning_rate=decaying_lr,
+            gamma=1.0,
+            policy_kwargs=policy_kwargs,
+            seed=0,
+        )
+
+    check_lm_policy_reaches_the_sort_optimum(make, sort)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_group_relative_agents_reach_the_optimal_policy_on_word_sort(advantage: str, sort) -> None:
-    """GRPO and RLOO (agents.grpo), GPT-2 policy without value head (2 layers, 128 wide, random
-    init, 5 words), 8 envs in groups of 4, 10 (GRPO) or 4 (RLOO) epochs, learning rate decaying
-    linearly from 1e-3, 8192 steps: the greedy policy is optimal. Measured before: GRPO with 4
-    epochs stopped at 0.958 of the optimum; RLOO with one epoch (lr 1e-2) at 0.611."""
-    torch = pytest.importorskip("torch")
+    """GRPO and RLOO (agents.grpo), GPT-2 policy without value head, 8 envs in groups of 4, 10
+    (GRPO) or 4 (RLOO) epochs. Measured before: GRPO with 4 epochs stopped at 0.958 of the
+    optimum; RLOO with one epoch (lr 1e-2) at 0.611."""
     pytest.importorskip("stable_baselines3")
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
     from agents.grpo import GroupRelativePPO
     from agents.policies import LMActorCriticPolicy
-    from lm_gym.models import load_causal_lm
 
-    mdp, solution = sort
-    env = DummyVecEnv([LMWordSortEnv for _ in range(8)])
-    env.seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = GroupRelativePPO(
+    def make(env, policy_kwargs):
+        return GroupRelativePPO(
             LMActorCriticPolicy,
             env,
             group_size=4,
@@ -426,15 +434,9 @@ def test_group_relative_agents_reach_the_optimal_policy_on_word_sort(advantage: 
             n_steps=64,
             batch_size=128,
             n_epochs=10 if advantage == "grpo" else 4,
-            learning_rate=lambda progress_remaining: 1e-3 * progress_remaining,
-            policy_kwargs={"model": load_causal_lm("tiny-gpt2", vocab_size=5), "value_head": False},
+            learning_rate=decaying_lr,
+            policy_kwargs=policy_kwargs,
             seed=0,
         )
-        untrained = mdp.start_value(mdp.policy_value(mdp.policy_of(model)))
-        model.learn(8192)
-        policy = mdp.policy_of(model)
-    finally:
-        torch.set_num_threads(threads)
-    assert untrained < 0.5
-    assert mdp.is_optimal(policy, solution.q_values)
-    assert mdp.start_value(mdp.policy_value(policy)) == pytest.approx(solution.start_value)
+
+    check_lm_policy_reaches_the_sort_optimum(make, sort, value_head=False)
