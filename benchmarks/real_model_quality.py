@@ -91,9 +91,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def evaluate(agent: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Sampled evaluation on every prompt of the held-out splits, ``--eval-repeats`` times.
+def evaluate(
+    agent: Any,
+    config: Any,
+    args: argparse.Namespace,
+    *,
+    deterministic: bool = False,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """Evaluation on every prompt of the held-out splits: sampled ``--eval-repeats`` times, or
+    greedy once.
 
+    :param agent: the agent (anything with ``predict``).
+    :param config: the run config (env id and options).
+    :param args: the command line (splits, repeats, seed, progress).
+    :param deterministic: greedy decoding (one pass) instead of sampling.
+    :param reference: the reference LM of the perplexity and the KL (default: the recipe's model,
+        i.e. the starting model).
     :return: ``{"summary": ..., "episodes": [...]}`` (episodes as dicts).
     """
     import torch
@@ -105,15 +119,15 @@ def evaluate(agent: Any, config: Any, args: argparse.Namespace) -> dict[str, Any
     act_time = wall_time = 0.0
     for split in args.eval_splits:
         env = make_run_env(config, split)
-        for repeat in range(args.eval_repeats):
+        for repeat in range(1 if deterministic else args.eval_repeats):
             torch.manual_seed(args.seed * 1000 + repeat)  # the policy's sampling
             result = evaluate_agent(
                 agent,
                 env,
                 n_episodes=10**6,  # every prompt of the split
                 split=split,
-                deterministic=False,
-                reference=config.hyperparams.get("model", args.model),
+                deterministic=deterministic,
+                reference=reference or config.hyperparams.get("model", args.model),
                 n_envs=8,
                 progress=not args.no_progress,
             )
