@@ -93,7 +93,8 @@ def load_hyperparams(agent: str, env_id: str, model: str | None = None) -> dict[
 
     Sections are applied in this order, later ones winning: ``default``, the env id's section,
     then, when ``model`` is given and the file has a ``models:`` mapping with an entry for it, that
-    model's ``default`` and env-id sections (a recipe tuned for one pretrained model)::
+    model's ``default`` and env-id sections (a recipe tuned for one pretrained model; a folder made
+    by :func:`agents.supervised.warm_start` uses the recipe of the model it was fine-tuned from)::
 
         default: {n_steps: 256}
         LMText-v0: {kl_coef: 0.05}
@@ -112,16 +113,32 @@ def load_hyperparams(agent: str, env_id: str, model: str | None = None) -> dict[
     if not path.exists():
         return {}
     data = _read_yaml(path)
-    out = copy.deepcopy(data.get("default") or {})
-    out.update(copy.deepcopy(data.get(env_id) or {}))
+    out: dict[str, Any] = {}
+    merge_options(out, copy.deepcopy(data.get("default") or {}))
+    merge_options(out, copy.deepcopy(data.get(env_id) or {}))
     models = data.get("models") or {}
+    if model is not None and model not in models:
+        from agents.supervised import base_model_name
+
+        model = base_model_name(model)
     if model is not None and model in models:
         section = models[model]
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: models.{model} must be a mapping of sections.")
-        out.update(copy.deepcopy(section.get("default") or {}))
-        out.update(copy.deepcopy(section.get(env_id) or {}))
+        merge_options(out, copy.deepcopy(section.get("default") or {}))
+        merge_options(out, copy.deepcopy(section.get(env_id) or {}))
     return out
+
+
+def merge_options(out: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Put a later layer of options over ``out``, in place: its values win, except ``env_kwargs``,
+    which merge key by key (``--env-set prompt_template=chat`` keeps a recipe's
+    ``max_new_tokens``)."""
+    env_kwargs = layer.get("env_kwargs")
+    previous = out.get("env_kwargs")
+    out.update(layer)
+    if isinstance(env_kwargs, Mapping) and isinstance(previous, Mapping):
+        out["env_kwargs"] = {**previous, **env_kwargs}
 
 
 @dataclass
@@ -283,9 +300,8 @@ def resolve_run_config(
             if chosen is None and isinstance(source.get("model"), str):
                 chosen = source["model"]
         merged.update(load_hyperparams(agent, env_id, chosen))
-    merged.update(base_run)
-    merged.update(file_values)
-    merged.update(dict(overrides or {}))
+    for layer in (base_run, file_values, overrides or {}):
+        merge_options(merged, layer)
     if model is not None:
         merged["model"] = model
     run_values, agent_values = _split_run_keys(merged)

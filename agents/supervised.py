@@ -314,7 +314,9 @@ def warm_start(
     """Fine-tune a named model on the env's references and save it as a Hugging Face folder.
 
     The folder is what every LM agent of the zoo takes as ``model``. Without ``out_dir`` it lies in
-    the lm-gym cache under a hash of the arguments, so the same warm start is computed once.
+    the lm-gym cache under a hash of the arguments, so the same warm start is computed once. A
+    model with its own tokenizer (``smollm2-135m``, a Llama) has it saved in the folder too, so
+    that ``--model <folder>`` builds the env with the right vocabulary; GPT-2 models do not need it.
 
     :param model: causal LM name or folder.
     :param env: the env (its id and config key the cache).
@@ -359,6 +361,11 @@ def warm_start(
         device=device,
     )
     lm.to("cpu").save_pretrained(folder)
+    from lm_gym.models import load_tokenizer, tokenizer_name_for_model
+
+    tokenizer = tokenizer_name_for_model(model)
+    if tokenizer != "gpt2":  # a model with its own vocabulary: the folder names it for the env
+        load_tokenizer(tokenizer).save_pretrained(folder)
     origin = dict(options, base=base_model_name(model), losses=[losses[0], losses[-1]])
     (folder / ORIGIN_FILE).write_text(json.dumps(origin, indent=2, default=str), encoding="utf-8")
     return str(folder)

@@ -203,6 +203,40 @@ def test_model_section_of_a_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "LMText-v0", "ppo", model="tiny-llama", overrides={"learning_rate": 1e-4}
     )
     assert config.hyperparams["learning_rate"] == 1e-4
+    # env options merge key by key: a --set/--env-set env option keeps the recipe's others
+    (tmp_path / "ppo.yaml").write_text(
+        "default: {env_kwargs: {max_new_tokens: 7}}\n"
+        "models:\n  tiny-llama:\n    LMText-v0: {env_kwargs: {prompt_template: chat}}\n"
+    )
+    config = resolve_run_config(
+        "LMText-v0", "ppo", model="tiny-llama", overrides={"env_kwargs": {"reward": "length"}}
+    )
+    assert config.env_kwargs["max_new_tokens"] == 7
+    assert config.env_kwargs["prompt_template"] == "chat"
+    assert config.env_kwargs["reward"] == "length"
+
+
+def test_a_warm_start_keeps_its_vocabulary_and_its_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm-started tiny-llama folder holds the tokenizer (the env follows it: 49152 actions, not
+    GPT-2's 50257) and takes tiny-llama's per-model recipe section."""
+    import gymnasium as gym
+
+    from agents import hyperparams
+    from agents.supervised import warm_start
+    from agents.training import make_run_env
+
+    env = gym.make("LMTranslate-v0", tokenizer="tiny-llama")
+    folder = warm_start("tiny-llama", env, tmp_path / "ws", epochs=1, max_samples=8)
+    assert models.tokenizer_name_for_model(folder) == folder
+    (tmp_path / "ppo.yaml").write_text(
+        "default: {n_steps: 8}\nmodels:\n  tiny-llama:\n    LMTranslate-v0: {n_epochs: 3}\n"
+    )
+    monkeypatch.setattr(hyperparams, "CONFIG_DIR", tmp_path)
+    config = resolve_run_config("LMTranslate-v0", "ppo", model=folder)
+    assert config.hyperparams["n_epochs"] == 3 and config.hyperparams["model"] == folder
+    assert make_run_env(config).action_space.n == 49152
 
 
 def test_overrides_read_exponent_floats() -> None:
