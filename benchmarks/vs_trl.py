@@ -122,6 +122,48 @@ def env_prompts(
     return prompts, env
 
 
+def env_reward_func(env: Any) -> Any:
+    """A TRL reward function that scores completions with the lm-gym env's reward scorer.
+
+    The prompts it passes to the scorer are the data set's ``reward_prompt`` column when there
+    is one (the env's plain prompt text, before any truncation), else TRL's prompts; the
+    references are the ``references`` column, else none.
+
+    :param env: the lm-gym env (unwrapped) whose ``reward_scorer`` is used.
+    """
+    scorer = env.reward_scorer
+
+    def reward(
+        prompts: list[str],
+        completions: list[str],
+        reward_prompt: list[str] | None = None,
+        references: list[list[str]] | None = None,
+        **_: Any,
+    ) -> list[float]:
+        texts = list(reward_prompt) if reward_prompt is not None else list(prompts)
+        refs = [list(r) for r in references] if references is not None else [[] for _ in texts]
+        return [float(x) for x in scorer.score(list(completions), texts, refs)]
+
+    return reward
+
+
+def trl_checkpointing_off() -> dict[str, bool]:
+    """``GRPOConfig`` keywords that turn activation (gradient) checkpointing off.
+
+    TRL turns it on by default; lm-gym runs without it (transformers >= 5 renamed the option;
+    the old name warns).
+    """
+    from trl import GRPOConfig
+
+    fields = getattr(GRPOConfig, "__dataclass_fields__", {})
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+    return {name: False}
+
+
 class _IterationTimer(BaseCallback):
     """Times of lm-gym's rollout (rollout start to end) within ``learn()``."""
 
@@ -164,11 +206,7 @@ def make_trl_trainer(
 
     from lm_gym.models import load_causal_lm
 
-    scorer = env.reward_scorer
-
-    def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        refs: list[list[str]] = [[] for _ in prompts]
-        return [float(x) for x in scorer.score(list(completions), list(prompts), refs)]
+    reward = env_reward_func(env)
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -190,15 +228,7 @@ def make_trl_trainer(
             self.cpu_seconds.append(time.process_time() - self._cpu0)
             self.peaks.append(stop_peak(self._peak, device))
 
-    # TRL turns activation (gradient) checkpointing on by default: off, as lm-gym runs without it
-    # (transformers >= 5 renamed the option; the old name warns)
-    fields = getattr(GRPOConfig, "__dataclass_fields__", {})
-    name = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in fields
-        else "gradient_checkpointing"
-    )
-    checkpointing_off = {name: False}
+    checkpointing_off = trl_checkpointing_off()
     config = GRPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=args.n,
