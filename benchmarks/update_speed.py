@@ -13,6 +13,14 @@ Usage::
     python benchmarks/update_speed.py --episode-minibatches  # minibatches of whole episodes
     python benchmarks/update_speed.py --device cuda
     python benchmarks/update_speed.py --quick          # smoke run
+    python benchmarks/update_speed.py --learning --learning-out benchmarks/results/update_learning
+
+``--learning`` then trains the zoo's ``ppo`` (its YAML recipe per env) with SB3's minibatches and
+with whole-episode minibatches, on ``--learning-envs`` x ``--learning-seeds``, evaluating the
+greedy policy on the test split at ``--learning-points`` points of the budget: the learning curves
+(mean, min and max over seeds), the final rewards and the training time of each, printed and, with
+``--learning-out``, written as ``learning.json`` and ``learning_curves.png``. Equal learning is
+what allows whole-episode minibatches to be the default update.
 """
 
 from __future__ import annotations
@@ -55,11 +63,164 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="EpisodePPO draws minibatches of whole episodes (not SB3's composition)",
     )
+    parser.add_argument(
+        "--learning", action="store_true", help="also compare learning curves (see the docstring)"
+    )
+    parser.add_argument("--learning-envs", nargs="+", default=["LMWordSort-v0", "LMCountUp-v0"])
+    parser.add_argument("--learning-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--learning-model", default="tiny-gpt2")
+    parser.add_argument(
+        "--learning-steps", type=int, default=0, help="env steps per run (0: the recipe's)"
+    )
+    parser.add_argument("--learning-points", type=int, default=8, help="evaluations per run")
+    parser.add_argument("--learning-episodes", type=int, default=32, help="episodes per evaluation")
+    parser.add_argument("--learning-out", help="folder for learning.json and learning_curves.png")
     quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6}
-    args = parse_bench_args(parser, argv, {**quick, "epochs": 1, "batch_size": 6, "repeats": 2})
+    args = parse_bench_args(
+        parser,
+        argv,
+        {
+            **quick,
+            "epochs": 1,
+            "batch_size": 6,
+            "repeats": 2,
+            "learning_envs": ["LMWordSort-v0"],
+            "learning_seeds": [0],
+            "learning_steps": 256,
+            "learning_points": 2,
+            "learning_episodes": 4,
+        },
+    )
     if args.n_steps <= 0:
         args.n_steps = args.new_tokens
     return args
+
+
+#: The two updates compared for learning: EpisodePPO's ``episode_minibatches`` option.
+LEARNING_VARIANTS = {"SB3 minibatches": False, "episode minibatches": True}
+
+
+def learning_run(
+    env_id: str, seed: int, episode_minibatches: bool, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Train the zoo's ``ppo`` (its recipe for ``env_id``) and evaluate it along the way.
+
+    :return: ``{"steps": [...], "reward": [...], "train_s": ...}`` (greedy mean reward on the
+        test split at step 0 and after each chunk of the budget).
+    """
+    import time
+
+    from agents.evaluation import evaluate_agent
+    from agents.hyperparams import resolve_run_config
+    from agents.training import build_agent, make_run_env
+
+    config = resolve_run_config(
+        env_id,
+        "ppo",
+        overrides={"episode_minibatches": episode_minibatches},
+        seed=seed,
+        n_timesteps=args.learning_steps or None,
+        model=args.learning_model,
+    )
+    agent = build_agent(config, make_run_env(config))
+
+    def score() -> float:
+        result = evaluate_agent(
+            agent,
+            env_id,
+            n_episodes=args.learning_episodes,
+            split="test",
+            deterministic=True,
+            env_kwargs=config.env_kwargs,
+            progress=False,
+        )
+        return float(result.summary()["mean_reward"])
+
+    chunk = max(1, config.n_timesteps // args.learning_points)
+    steps, rewards, train_s = [0], [score()], 0.0
+    for point in range(1, args.learning_points + 1):
+        t0 = time.perf_counter()
+        agent.learn(chunk)
+        train_s += time.perf_counter() - t0
+        steps.append(point * chunk)
+        rewards.append(score())
+    return {"steps": steps, "reward": rewards, "train_s": train_s}
+
+
+def learning_comparison(args: argparse.Namespace) -> dict[str, Any]:
+    """Learning curves of SB3's minibatches vs whole-episode minibatches (see the docstring).
+
+    :return: ``{env_id: {variant: {"runs": [...], "final": [...], "train_s": [...]}}}``.
+    """
+    import json
+    from pathlib import Path
+
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    results: dict[str, Any] = {}
+    for env_id in args.learning_envs:
+        per_env: dict[str, Any] = {}
+        for variant, flag in LEARNING_VARIANTS.items():
+            runs = [learning_run(env_id, seed, flag, args) for seed in args.learning_seeds]
+            per_env[variant] = {
+                "runs": runs,
+                "final": [r["reward"][-1] for r in runs],
+                "train_s": [r["train_s"] for r in runs],
+            }
+        results[env_id] = per_env
+    print_header(
+        f"learning: zoo ppo ({args.learning_model}), SB3 minibatches vs whole-episode "
+        f"minibatches, seeds {args.learning_seeds}, greedy reward on the test split"
+    )
+    print(
+        f"{'env':<16} {'update':<20} {'start':>7} {'final mean':>11} {'min':>7} {'max':>7}  train s"
+    )
+    for env_id, per_env in results.items():
+        for variant, data in per_env.items():
+            final = np.array(data["final"])
+            start = np.mean([r["reward"][0] for r in data["runs"]])
+            print(
+                f"{env_id:<16} {variant:<20} {start:>7.3f} {final.mean():>11.3f} "
+                f"{final.min():>7.3f} {final.max():>7.3f}  {np.mean(data['train_s']):.0f}"
+            )
+        for variant, data in per_env.items():
+            curve = np.mean([r["reward"] for r in data["runs"]], axis=0)
+            points = ", ".join(f"{v:.2f}" for v in curve)
+            print(f"  {variant} curve (mean over seeds, {data['runs'][0]['steps']}): {points}")
+    if args.learning_out:
+        out = Path(args.learning_out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {k: v for k, v in vars(args).items() if k.startswith("learning")}
+        (out / "learning.json").write_text(
+            json.dumps({"settings": settings, "results": results}, indent=2), encoding="utf-8"
+        )
+        plot_learning(results, out / "learning_curves.png")
+        print(f"written to {out}")
+    return results
+
+
+def plot_learning(results: dict[str, Any], path: Any) -> None:
+    """One panel per env: mean greedy reward over seeds (min-max band) per update."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, (env_id, per_env) in zip(axes[0], results.items(), strict=True):
+        for variant, data in per_env.items():
+            steps = data["runs"][0]["steps"]
+            curves = np.array([r["reward"] for r in data["runs"]])
+            ax.plot(steps, curves.mean(axis=0), label=variant)
+            ax.fill_between(steps, curves.min(axis=0), curves.max(axis=0), alpha=0.2)
+        ax.set_title(env_id)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("greedy reward (test split)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -132,7 +293,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"speed-up: {speedup:.1f}x wall, {cpu_speedup:.1f}x CPU time "
         f"(target >= {TARGET:.0f}x at 48-token episodes): {flag}"
     )
+    learning = learning_comparison(args) if args.learning else None
     return {
+        "learning": learning,
         "stock_s": stock_s,
         "episode_s": episode_s,
         "speedup": speedup,
