@@ -538,9 +538,12 @@ class RolloutKVCache:
     grows by ``k`` columns until it spans the whole window). A row whose window is unchanged
     reuses its last hidden state. Any other row (a new episode, a different env order, anything unexpected) is recomputed
     from scratch, from the first column where one of those rows has a real token. After each call
-    the cache is cut to the first column where any row has a real token. The whole cache is dropped
-    when the batch shape changes or the network's parameters change (see
-    :meth:`CausalLMActorCritic.param_version`). Use it under ``torch.no_grad()`` only.
+    the cache is cut to the first column where any row has a real token. A batch of another size
+    whose every row equals a cached row or extends one by one token (stock SB3's batch-of-one
+    value bootstrap of a truncated episode, on its terminal observation) is answered from those
+    rows and leaves the cache as it is. The whole cache is dropped when the batch shape changes
+    otherwise or the network's parameters change (see :meth:`CausalLMActorCritic.param_version`).
+    Use it under ``torch.no_grad()`` only.
     """
 
     def __init__(self) -> None:
@@ -613,6 +616,9 @@ class RolloutKVCache:
         """
         batch, length = ids.shape
         version = net.param_version()
+        side = self._side_query(net, version, ids, mask)
+        if side is not None:
+            return side
         full = torch.ones(batch, dtype=torch.bool, device=ids.device)
         same = torch.zeros_like(full)
         shift = torch.zeros(batch, dtype=torch.long, device=ids.device)  # k of each shifted row
@@ -649,22 +655,10 @@ class RolloutKVCache:
             idx = (shift == kk).nonzero().squeeze(1)
             whole = len(idx) == batch
             old = self.layers if whole else [(k[idx], v[idx]) for k, v in self.layers]
-            # the window moved left by kk: its first kk columns (padding) leave the cache if held
-            keep = min(self.width, length - kk)
-            if keep < self.width:
-                drop = self.width - keep
-                old = [(k[:, :, drop:], v[:, :, drop:]) for k, v in old]
-            m = mask if whole else mask[idx]
-            first_new = m.sum(1, keepdim=True) - kk  # position of the first new token
-            pos = first_new + torch.arange(kk, device=ids.device)
-            hidden, cache = net.run_trunk(
-                (ids if whole else ids[idx])[:, -kk:],
-                m[:, -(keep + kk) :],
-                position_ids=pos,
-                past_key_values=self._cache_from(old),
-                use_cache=True,
+            hidden, layers = self._extend(
+                net, ids if whole else ids[idx], mask if whole else mask[idx], old, kk
             )
-            parts.append((idx, hidden[:, -1], self._layers_of(cache)))
+            parts.append((idx, hidden, layers))
         if n_full:
             idx = full.nonzero().squeeze(1)
             sub_ids = ids[idx] if n_full < batch else ids
@@ -685,6 +679,82 @@ class RolloutKVCache:
         self.hidden, self.layers = out, layers
         self.version = version
         return out
+
+    def _extend(
+        self,
+        net: CausalLMActorCritic,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        old: list[tuple[torch.Tensor, torch.Tensor]],
+        kk: int,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Rows whose window moved left by ``kk`` (``kk`` new real tokens at the end) from the
+        cached keys and values ``old`` of their previous window: only the new tokens are computed.
+
+        :return: the rows' last hidden states and their new layers (``old`` is not modified).
+        """
+        length = ids.shape[1]
+        # the window moved left by kk: its first kk columns (padding) leave the cache if held
+        keep = min(self.width, length - kk)
+        if keep < self.width:
+            drop = self.width - keep
+            old = [(k[:, :, drop:], v[:, :, drop:]) for k, v in old]
+        first_new = mask.sum(1, keepdim=True) - kk  # position of the first new token
+        pos = first_new + torch.arange(kk, device=ids.device)
+        hidden, cache = net.run_trunk(
+            ids[:, -kk:],
+            mask[:, -(keep + kk) :],
+            position_ids=pos,
+            past_key_values=self._cache_from(old),
+            use_cache=True,
+        )
+        return hidden[:, -1], self._layers_of(cache)
+
+    def _side_query(
+        self, net: CausalLMActorCritic, version: int, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A batch of another size over the same window whose every row equals a cached row or
+        extends one by one token: SB3's batch-of-one value bootstrap of a truncated episode
+        (``predict_values`` on its terminal observation) between two rollout steps. Its last hidden
+        states come from those rows' keys and values, and the cache is left as it is, so the
+        rollout's next step still finds its rows.
+
+        :return: ``(batch, hidden)``, or ``None`` when it is not such a query (the caller then
+            recomputes and caches the new batch, as for any change of batch).
+        """
+        pid, pmask = self.input_ids, self.attention_mask
+        if (
+            pid is None
+            or pmask is None
+            or self.hidden is None
+            or not self.layers
+            or self.version != version
+            or pid.device != ids.device
+            or pid.shape[1] != ids.shape[1]
+            or pid.shape[0] == ids.shape[0]
+        ):
+            return None
+        same = (ids[:, None] == pid[None]).all(-1) & (mask[:, None] == pmask[None]).all(-1)
+        one = (
+            (ids[:, None, :-1] == pid[None, :, 1:]).all(-1)
+            & (mask[:, None, :-1] == pmask[None, :, 1:]).all(-1)
+            & (pmask[None, :, 0] == 0)
+            & (mask[:, None, -1] == 1)
+        )  # (query rows, cached rows): the query row is the cached one plus one token
+        if not bool((same | one).any(1).all()):
+            return None
+        out = []
+        for row in range(ids.shape[0]):
+            if bool(same[row].any()):
+                out.append(self.hidden[int(same[row].nonzero()[0])])
+                self.stats["reused"] += 1
+                continue
+            j = int(one[row].nonzero()[0])
+            old = [(k[j : j + 1], v[j : j + 1]) for k, v in self.layers]
+            hidden, _ = self._extend(net, ids[row : row + 1], mask[row : row + 1], old, 1)
+            out.append(hidden[0])
+            self.stats["incremental"] += 1
+        return torch.stack(out)
 
     @staticmethod
     def _merge(

@@ -29,6 +29,12 @@ Usage::
     python benchmarks/rollout_speed.py --model tiny-gpt2 --device cuda
     python benchmarks/rollout_speed.py --quick         # smoke run
     python benchmarks/rollout_speed.py --bootstrap-at-budget  # EpisodePPO bootstraps at the budget
+    python benchmarks/rollout_speed.py --model smollm2-135m --new-tokens 32 --profile
+
+``--profile`` then runs one rollout of each loop under ``cProfile`` and prints where the time goes:
+the transformer trunk, the LM head, the value head, the KV cache's bookkeeping, the parameter
+version check, the distribution (set-up, sampling, log-prob), the env step, the rollout buffer and
+the rest (SB3's loop).
 """
 
 from __future__ import annotations
@@ -70,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bootstrap-at-budget",
         action="store_true",
         help="EpisodePPO bootstraps V(s_T) at the token budget (SB3's behaviour)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile one rollout of each loop (cProfile): where the time goes",
     )
     quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6, "repeats": 2}
     return parse_bench_args(parser, argv, quick)
@@ -137,6 +148,76 @@ class Breakdown:
             return out
 
         setattr(obj, method, wrapper)
+
+
+def profile_groups() -> dict[str, Any]:
+    """Profile groups: label -> function (each group's time is the cumulative time of its
+    function, less the groups nested in it; see :func:`profile_rollouts`)."""
+    from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from agents.network import CausalLMActorCritic, RolloutKVCache
+
+    return {
+        "transformer trunk": CausalLMActorCritic.run_trunk,
+        "LM head (logits)": CausalLMActorCritic.logits_from_hidden,
+        "value head": CausalLMActorCritic.value_from_hidden,
+        "KV cache bookkeeping": RolloutKVCache.last_hidden,
+        "parameter version check": CausalLMActorCritic.param_version,
+        "distribution set-up": CategoricalDistribution.proba_distribution,
+        "sampling the action": Distribution.get_actions,
+        "log-prob of the action": CategoricalDistribution.log_prob,
+        "env step (vector env)": VecEnv.step,
+    }
+
+
+def profile_rollouts(model: Any, callback: Any) -> dict[str, dict[str, float]]:
+    """Where a rollout's time goes, per loop (``episode``: EpisodePPO's, ``stock``: SB3's), under
+    ``cProfile``: the groups of :func:`profile_groups` (a group's own share: the KV cache's
+    bookkeeping is its ``last_hidden`` less the trunk and parameter check it calls), and the rest
+    (SB3's loop, observation conversion, callbacks).
+
+    :param model: the PPO model of the benchmark (its policy holds the KV cache).
+    :param callback: from :func:`bench_common.start_rollouts`.
+    :return: ``{loop: {group: seconds, ..., "total": seconds}}``.
+    """
+    import cProfile
+    import pstats
+
+    out: dict[str, dict[str, float]] = {}
+    for loop, collect_fn in (
+        ("episode", EpisodePPO.collect_rollouts),
+        ("stock", PPO.collect_rollouts),
+    ):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        collect_fn(model, model.env, callback, model.rollout_buffer, model.n_steps)
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        total = max(ct for (_, _, _, ct, _) in stats.values())
+        cum: dict[str, float] = {}
+        for label, func in profile_groups().items():
+            code = func.__code__
+            key = (code.co_filename, code.co_firstlineno, code.co_name)
+            cum[label] = stats[key][3] if key in stats else 0.0
+        groups = dict(cum)
+        # nested groups: the cache's bookkeeping calls the trunk and the version check
+        nested = cum["transformer trunk"] + cum["parameter version check"]
+        groups["KV cache bookkeeping"] = max(0.0, cum["KV cache bookkeeping"] - nested)
+        groups["rest (SB3 loop, tensors, callbacks)"] = max(0.0, total - sum(groups.values()))
+        groups["total"] = total
+        out[loop] = groups
+    print_header("rollout_speed --profile: where one rollout's time goes (cProfile, seconds)")
+    labels = [k for k in out["episode"] if k != "total"]
+    print(f"{'':<38} {'EpisodePPO':>11} {'share':>6} {'stock SB3':>10} {'share':>6}")
+    for label in labels:
+        e, s_ = out["episode"][label], out["stock"][label]
+        print(
+            f"{label:<38} {e:>11.2f} {100 * e / out['episode']['total']:>5.0f}% "
+            f"{s_:>10.2f} {100 * s_ / out['stock']['total']:>5.0f}%"
+        )
+    print(f"{'total':<38} {out['episode']['total']:>11.2f} {'':>6} {out['stock']['total']:>10.2f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -213,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache_use = {key: int(sum(times.values["rows_" + key])) for key in cache.stats}
 
     gen = times.median("generate")
-    names = ("generate", "episode", "cached", "full")
+    names = tuple(k for k in ("generate", "episode", "cached", "full") if k in times.values)
     rates = {kind: times.median(kind) for kind in names}
     ratios = {kind: rate / gen for kind, rate in rates.items()}
     cpu_rates = {kind: times.median(kind + "_cpu") for kind in names}
@@ -236,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{'runs':>5}  memory"
     )
     for kind, label in labels.items():
+        if kind not in rates:
+            continue
         runs = len(times.values[kind])
         print(
             f"{label:<30} {fmt_rate(rates[kind]):>9} {ratios[kind]:>10.2f} "
@@ -255,9 +338,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flag = "ok" if ratios["episode"] >= TARGET else "BELOW TARGET"
     print(
         f"KV-cached rollout: {ratios['episode']:.2f}x generate() wall, "
-        f"{cpu_ratios['episode']:.2f}x CPU time (target >= {TARGET}x): {flag}; "
-        f"{rates['episode'] / rates['full']:.1f}x the full-recompute rollout"
+        f"{cpu_ratios['episode']:.2f}x CPU time (target >= {TARGET}x): {flag}"
+        + (
+            f"; {rates['episode'] / rates['full']:.1f}x the full-recompute rollout"
+            if "full" in rates
+            else ""
+        )
     )
+    policy.kv_cache = cache
+    profile = profile_rollouts(model, callback) if args.profile else None
     return {
         "tokens_per_s": rates,
         "ratio_to_generate": ratios,
@@ -265,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_mib": {k: p.peak_mib for k, p in peaks.items()},
         "memory_kind": peaks["cached"].kind,
         "breakdown_s": dict(breakdown.seconds),
+        "profile": profile,
     }
 
 

@@ -149,6 +149,58 @@ def _collect(model: PPO) -> None:
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
+def _count_batch_of_one_values(policy: LMActorCriticPolicy) -> list[int]:
+    """Count the policy's ``predict_values`` calls on one observation (SB3's bootstraps of
+    truncated episodes): the returned list grows by one per call."""
+    calls: list[int] = []
+    inner = policy.predict_values
+
+    def counting(obs):
+        if len(obs["input_ids"]) == 1:
+            calls.append(1)
+        return inner(obs)
+
+    policy.predict_values = counting
+    return calls
+
+
+def test_sb3_value_bootstraps_come_from_the_cache(tiny_lm: str):
+    """Stock PPO bootstraps ``V(terminal obs)`` with a batch of one at every truncated episode:
+    the cache answers it from that env's row (one more token) and keeps the batch for the next
+    step, so new episodes are the only full recomputes (before: the batch of one and then every
+    row of the next step), and the rollout, bootstraps included, equals a full recompute."""
+    tokenizer = tokenizer_name_for_model(tiny_lm)
+
+    def make() -> CountUpEnv:
+        return CountUpEnv(max_prompt_tokens=12, max_new_tokens=5, tokenizer=tokenizer)
+
+    buffers = []
+    for kv_cache in (True, False):
+        env = DummyVecEnv([make] * 3)
+        env.seed(5)
+        model = PPO(
+            LMActorCriticPolicy,
+            env,
+            n_steps=12,
+            batch_size=36,
+            seed=3,
+            policy_kwargs={"model": tiny_lm, "kv_cache": kv_cache},
+        )
+        bootstraps = _count_batch_of_one_values(model.policy)
+        _collect(model)
+        if kv_cache:
+            stats, n_bootstraps = dict(model.policy.kv_cache.stats), len(bootstraps)
+        buffers.append(model.rollout_buffer)
+    cached, full = buffers
+    assert n_bootstraps >= 6
+    # the episodes started in the rollout, plus those started by its last step (final values)
+    assert stats["full"] <= cached.episode_starts.sum() + 3
+    assert stats["incremental"] >= n_bootstraps
+    np.testing.assert_array_equal(cached.actions, full.actions)
+    np.testing.assert_allclose(cached.rewards, full.rewards, atol=ATOL)  # bootstraps included
+    np.testing.assert_allclose(cached.values, full.values, atol=ATOL)
+
+
 def test_sb3_rollouts_match_full_recompute(tiny_lm: str):
     """Two PPO models, same weights and seeds, with and without the KV cache: same rollout."""
     buffers = []
@@ -163,10 +215,10 @@ def test_sb3_rollouts_match_full_recompute(tiny_lm: str):
         )
         _collect(model)
         if kv_cache:
-            stats = model.policy.kv_cache.stats
-            assert stats["incremental"] > stats["full"] > 4  # resets at mixed steps
+            stats = dict(model.policy.kv_cache.stats)
         buffers.append(model.rollout_buffer)
     cached, full = buffers
+    assert stats["incremental"] > stats["full"] > 4  # resets at mixed steps
     starts = cached.episode_starts[1:]
     assert (starts.any(axis=1) & ~starts.all(axis=1)).any()  # episodes end at different steps
     np.testing.assert_array_equal(cached.actions, full.actions)
