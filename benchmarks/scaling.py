@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: one point, JSON out
     quick = {
         "model": "tiny-gpt2",
-        "envs": [2, 4],
+        "envs": [2],
         "new_tokens_at": 4,
-        "new_tokens_list": [4, 8],
+        "new_tokens_list": [4, 6],
         "envs_at": 2,
     }
     return parse_bench_args(parser, argv, quick)

@@ -43,12 +43,44 @@ def test_update_speed_quick(bench, capsys) -> None:
 
 
 def test_rollout_speed_quick(bench, capsys) -> None:
-    out = bench.import_module("rollout_speed").main(QUICK)
+    out = bench.import_module("rollout_speed").main([*QUICK, "--profile"])
     assert set(out["tokens_per_s"]) == {"generate", "episode", "cached", "full"}
     assert all(v > 0 for v in out["tokens_per_s"].values())
     assert out["ratio_to_generate"]["generate"] == 1.0
     text = capsys.readouterr().out
     assert "x generate" in text and "KV-cached rollout:" in text
+    for loop in ("episode", "stock"):  # the profile's groups add up to the rollout's time
+        groups = out["profile"][loop]
+        assert groups["transformer trunk"] > 0 and groups["sampling the action"] > 0
+        parts = sum(v for k, v in groups.items() if k != "total")
+        assert parts == pytest.approx(groups["total"], rel=1e-6)
+    assert "where one rollout's time goes" in text
+
+
+def test_update_speed_learning_quick(bench, capsys, tmp_path: Path) -> None:
+    out = bench.import_module("update_speed").main(
+        [*QUICK, "--learning", "--learning-out", str(tmp_path)]
+    )
+    runs = out["learning"]["LMWordSort-v0"]
+    assert set(runs) == {"SB3 minibatches", "episode minibatches"}
+    for data in runs.values():
+        (run,) = data["runs"]
+        assert run["steps"] == [0, 128, 256] and len(run["reward"]) == 3
+    assert (tmp_path / "learning.json").exists() and (tmp_path / "learning_curves.png").exists()
+    assert "final mean" in capsys.readouterr().out
+
+
+def test_scaling_quick(bench, capsys, tmp_path: Path) -> None:
+    points = bench.import_module("scaling").main([*QUICK, "--out", str(tmp_path)])
+    assert [(p["n_envs"], p["new_tokens"]) for p in points] == [(2, 4), (2, 6)]
+    for p in points:
+        split = p["split_mib"]
+        assert p["tokens_per_s"] > 0 and p["generate_tokens_per_s"] > 0 and p["peak_mib"] > 0
+        # the reference: a frozen copy of the LM (the policy also has its value head)
+        assert 0.9 * split["weights"] < split["reference"] <= split["weights"]
+        assert split["optimizer"] == pytest.approx(2 * split["gradients"], rel=0.01)  # Adam
+        assert split["kv_cache"] > 0
+    assert (tmp_path / "scaling.png").exists() and "train tok/s" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed")
