@@ -240,7 +240,11 @@ def markdown(report: dict[str, Any]) -> str:
     """The table (every phase and decoding, every task metric) and examples of a report."""
     rows = phase_rows(report)
     metrics = sorted({k for r in rows for k in r["summary"] if k.startswith("metric/")})
-    columns = [*COLUMNS, *((k, k.removeprefix("metric/")) for k in metrics)]
+    headers = {h for _, h in COLUMNS}
+    columns = [*COLUMNS]
+    for key in metrics:  # the task's own metrics, averaged per episode
+        name = key.removeprefix("metric/")
+        columns.append((key, f"{name} (per text)" if name in headers else name))
     lines = [
         f"## {report['agent']} on {report['env_id']} with {report['model']}",
         "",
