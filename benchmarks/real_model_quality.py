@@ -88,12 +88,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-splits", nargs="+", default=["validation", "test"])
     parser.add_argument("--eval-repeats", type=int, default=2, help="samples per prompt")
     parser.add_argument(
+        "--eval-max", type=int, help="evaluate only the first N prompts of each split (cost)"
+    )
+    parser.add_argument(
         "--warm-start",
         action="store_true",
         help="supervised fine-tuning on the train split's references first; RL starts from it",
     )
     parser.add_argument("--warm-start-epochs", type=float, default=2.0)
     parser.add_argument("--warm-start-lr", type=float, default=5e-5)
+    parser.add_argument(
+        "--warm-start-samples", type=int, help="fine-tune on the first N train references only"
+    )
     parser.add_argument(
         "--greedy", action="store_true", help="also evaluate every phase with greedy decoding"
     )
@@ -151,7 +157,7 @@ def evaluate(
             result = evaluate_agent(
                 agent,
                 env,
-                n_episodes=10**6,  # every prompt of the split
+                n_episodes=args.eval_max or 10**6,  # default: every prompt of the split
                 split=split,
                 deterministic=deterministic,
                 reference=reference or config.hyperparams.get("model", args.model),
@@ -327,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             out / "warm_start",
             epochs=args.warm_start_epochs,
             learning_rate=args.warm_start_lr,
+            max_samples=args.warm_start_samples,
             seed=args.seed,
         )
         warm_time = time.perf_counter() - t1
@@ -366,12 +373,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "n_timesteps": outcome.num_timesteps,
             "seed": args.seed,
             "warm_start": (
-                {"epochs": args.warm_start_epochs, "learning_rate": args.warm_start_lr}
+                {
+                    "epochs": args.warm_start_epochs,
+                    "learning_rate": args.warm_start_lr,
+                    "max_samples": args.warm_start_samples,
+                }
                 if args.warm_start
                 else None
             ),
             "eval_splits": args.eval_splits,
             "eval_repeats": args.eval_repeats,
+            "eval_max": args.eval_max,
             "threads": args.threads,
             "examples": args.examples,
         },
