@@ -625,16 +625,11 @@ class RolloutKVCache:
         if self._valid_for(version, ids):
             assert self.input_ids is not None and self.attention_mask is not None
             pid, pmask = self.input_ids, self.attention_mask
-            same = (ids == pid).all(1) & (mask == pmask).all(1)
+            same = self._moved_by(ids, mask, pid, pmask, 0)
             k = (mask.sum(1) - pmask.sum(1)).clamp(min=0)  # real tokens added
             for kk in torch.unique(k[~same & (k > 0)]).tolist():
                 rows = (k == kk) & ~same
-                fits = (
-                    (ids[:, :-kk] == pid[:, kk:]).all(1)
-                    & (mask[:, :-kk] == pmask[:, kk:]).all(1)
-                    & (pmask[:, :kk] == 0).all(1)
-                    & (mask[:, -kk:] == 1).all(1)
-                )
+                fits = self._moved_by(ids, mask, pid, pmask, kk)
                 shift = torch.where(rows & fits, kk, shift)
             full = ~(same | (shift > 0))
         n_same, n_shift, n_full = int(same.sum()), int((shift > 0).sum()), int(full.sum())
@@ -710,6 +705,26 @@ class RolloutKVCache:
         )
         return hidden[:, -1], self._layers_of(cache)
 
+    @staticmethod
+    def _moved_by(
+        ids: torch.Tensor, mask: torch.Tensor, pid: torch.Tensor, pmask: torch.Tensor, kk: int
+    ) -> torch.Tensor:
+        """Whether each window ``(ids, mask)`` is its previous one ``(pid, pmask)`` moved left by
+        ``kk`` columns: the ``kk`` columns that leave are padding and the ``kk`` that arrive are
+        real tokens (``kk=0``: the same window). The last dimension is the window's; the leading
+        ones broadcast (row by row, or every query row against every cached row).
+
+        :return: a bool tensor over the leading dimensions.
+        """
+        if kk == 0:
+            return (ids == pid).all(-1) & (mask == pmask).all(-1)
+        return (
+            (ids[..., :-kk] == pid[..., kk:]).all(-1)
+            & (mask[..., :-kk] == pmask[..., kk:]).all(-1)
+            & (pmask[..., :kk] == 0).all(-1)
+            & (mask[..., -kk:] == 1).all(-1)
+        )
+
     def _side_query(
         self, net: CausalLMActorCritic, version: int, ids: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor | None:
@@ -734,13 +749,9 @@ class RolloutKVCache:
             or pid.shape[0] == ids.shape[0]
         ):
             return None
-        same = (ids[:, None] == pid[None]).all(-1) & (mask[:, None] == pmask[None]).all(-1)
-        one = (
-            (ids[:, None, :-1] == pid[None, :, 1:]).all(-1)
-            & (mask[:, None, :-1] == pmask[None, :, 1:]).all(-1)
-            & (pmask[None, :, 0] == 0)
-            & (mask[:, None, -1] == 1)
-        )  # (query rows, cached rows): the query row is the cached one plus one token
+        # (query rows, cached rows): the query row is the cached one, or it plus one token
+        pair = (ids[:, None], mask[:, None], pid[None], pmask[None])
+        same, one = self._moved_by(*pair, 0), self._moved_by(*pair, 1)
         if not bool((same | one).any(1).all()):
             return None
         out = []
