@@ -345,7 +345,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else ""
         )
     )
-    policy.kv_cache = cache
     profile = profile_rollouts(model, callback) if args.profile else None
     return {
         "tokens_per_s": rates,

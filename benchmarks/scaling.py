@@ -12,7 +12,8 @@ episode length per env) with the after-rollout KL penalty to a frozen reference
   parameters), reference (the frozen reference's own parameters: 0 when it shares the policy's,
   as a LoRA policy's adapters-off view does), optimizer state (Adam's moments), gradients,
   the rollout KV cache (its largest size during the rollout) and activations (the rest of the
-  update's peak over the memory held before it).
+  timed iteration's peak growth over the memory held before it, that is over the weights, the
+  reference and the optimizer state).
 
 The reference is built once per process and shared by every env (never copied per env). The
 table goes to stdout and, with ``--out``, to ``scaling.json``, ``scaling.md`` and ``scaling.png``.
@@ -128,8 +129,8 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         "gradients": nbytes(p for p in params if p.requires_grad),
         "kv_cache": cache_peak[0] / mib,
     }
-    held = split["weights"] + split["reference"] + split["optimizer"]
-    # the update's peak over the memory held before it: gradients, activations, buffers
+    # the iteration's peak growth over the weights, reference and optimizer state held before it:
+    # the KV cache, the gradients and the rest (activations, buffers)
     split["activations"] = max(0.0, peak.delta_mib - split["gradients"] - split["kv_cache"])
     return {
         "n_envs": n_envs,
@@ -139,7 +140,6 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         "ratio": steps / seconds / gen,
         "peak_mib": peak.peak_mib,
         "memory_kind": peak.kind,
-        "held_mib": held,
         "split_mib": split,
     }
 
