@@ -26,7 +26,10 @@ pretrained one (SB3's 3e-4 is far above LM fine-tuning practice). The SB3 agents
 their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL
 penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
 :class:`agents.kl.KLPenaltyCallback` after each rollout, :class:`agents.kl.KLPenaltyVecEnv` in the env
-for DQN; ``lm-gym train --resume`` continues its adaptive coefficient). An
+for DQN; ``lm-gym train --resume`` continues its adaptive coefficient) and ``reward_scale`` (the
+training envs' rewards are multiplied by it, a Gymnasium ``TransformReward`` under SB3's ``Monitor``,
+so logged episode rewards and every evaluation stay in the task's units: 0.01 puts chrF's 0-100 on
+the 0-1 scale that a recipe's KL coefficient and a critic sharing the LM's trunk expect). An
 episode that reaches the env's token budget ends in a terminal state for every SB3 agent: no
 ``gamma * V`` bootstrap as after a time limit (:mod:`agents.budget`; ``bootstrap_at_budget=True``
 restores SB3's behaviour). The
@@ -39,7 +42,10 @@ vocabulary when it has at most ``max_actions`` tokens).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -481,6 +487,7 @@ SB3_COMMON_OPTIONS = (
     "kl_horizon",
     "kl_min_coef",
     "n_envs",
+    "reward_scale",
     "bootstrap_at_budget",
     "warm_start",
     "device",
@@ -523,17 +530,30 @@ def _algo_option_names(name: str) -> list[str]:
     return sorted(own | set(SB3_COMMON_OPTIONS) | set(_EXTRA_OPTIONS.get(name, ())))
 
 
-def _vec_env(env: gym.Env, n_envs: int) -> Any:
+def _vec_env(env: gym.Env, n_envs: int, reward_scale: float = 1.0) -> Any:
+    """``n_envs`` copies of ``env`` under SB3's ``Monitor`` in a ``DummyVecEnv``; a
+    ``reward_scale`` other than 1 multiplies the rewards the algorithm sees (``TransformReward``
+    outside the ``Monitor``, which keeps logging the task's own rewards)."""
     from stable_baselines3.common.env_util import is_wrapped
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    first = env if is_wrapped(env, Monitor) else Monitor(env)
+    scale = float(reward_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}.")
     if n_envs > 1 and fresh_env(env) is None:
         raise ValueError("n_envs > 1 needs an env made with gymnasium.make (it is copied).")
+
+    def scaled(e: gym.Env) -> gym.Env:
+        monitored = e if is_wrapped(e, Monitor) else Monitor(e)
+        if scale == 1.0:
+            return monitored
+        return gym.wrappers.TransformReward(monitored, functools.partial(operator.mul, scale))
+
+    first = scaled(env)
     makers: list[Callable[[], gym.Env]] = [lambda: first]
     for _ in range(n_envs - 1):
-        makers.append(lambda: Monitor(fresh_env(env)))
+        makers.append(lambda: scaled(fresh_env(env)))
     return DummyVecEnv(makers)
 
 
@@ -548,6 +568,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         kl_horizon: int = 10_000,
         kl_min_coef: float = 0.0,
         n_envs: int = 1,
+        reward_scale: float = 1.0,
         bootstrap_at_budget: bool = False,
         warm_start: bool | Mapping[str, Any] | None = None,
         device: str = "auto",
@@ -572,7 +593,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             pk.setdefault("attn_implementation", "eager")
         if name == "nlpo" and "nlpo_top_p" in extra:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
-        venv = _vec_env(env, int(n_envs))
+        venv = _vec_env(env, int(n_envs), reward_scale)
         if name in GROUP_ALGORITHMS:
             from agents.grpo import GroupedResetVecEnv
 

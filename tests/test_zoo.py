@@ -464,6 +464,31 @@ def test_supervised_on_optimal_demonstrations_sorts_words() -> None:
     assert before < 0.7 and after >= 0.9
 
 
+def test_reward_scale_scales_training_rewards_not_the_logged_ones() -> None:
+    """``reward_scale`` multiplies what the algorithm learns from; SB3's Monitor (episode logs,
+    ``ep_rew_mean``) keeps the task's own rewards; a scale that is not > 0 is refused."""
+    agent = make_agent("ppo", "LMCountUp-v0", model="tiny-gpt2", n_envs=2, reward_scale=0.25)
+    venv = agent.model.get_env()
+    venv.seed(0)
+    venv.reset()
+    returns = np.zeros(2)
+    finished: list[tuple[float, float]] = []
+    rng = np.random.default_rng(0)
+    while len(finished) < 4:
+        actions = rng.integers(0, venv.action_space.n, size=2)
+        _, rewards, dones, infos = venv.step(actions)
+        returns += rewards
+        for i in np.flatnonzero(dones):
+            finished.append((float(returns[i]), float(infos[i]["episode"]["r"])))
+            returns[i] = 0.0
+    assert any(logged != 0 for _, logged in finished)
+    for seen, logged in finished:
+        assert seen == pytest.approx(0.25 * logged, abs=1e-5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="reward_scale"):
+            make_agent("ppo", "LMCountUp-v0", model="tiny-gpt2", reward_scale=bad)
+
+
 def test_sb3_adapter_continues_step_count() -> None:
     agent = make_agent("a2c", "LMToy-v0", model="tiny-gpt2", n_steps=4)
     assert isinstance(agent, SB3Agent)
