@@ -63,6 +63,24 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_lm_gym_registers_every_task_scorer_and_imports_no_sb3():
+    """After ``import lm_gym`` (fresh interpreter) every scorer a task module registers is listed
+    (importing all of ``lm_gym.tasks`` adds none), and neither stable-baselines3 nor torch is
+    imported."""
+    code = (
+        "import importlib, pkgutil, sys, lm_gym, lm_gym.tasks; "
+        "from lm_gym.rewards import list_scorers; "
+        "heavy = [m for m in ('stable_baselines3', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "before = set(list_scorers()); "
+        "[importlib.import_module('lm_gym.tasks.' + m.name) "
+        "for m in pkgutil.iter_modules(lm_gym.tasks.__path__)]; "
+        "missing = sorted(set(list_scorers()) - before); "
+        "assert not missing, f'registered only when their task module is imported: {missing}'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_builtin_names_registered():
     names = set(list_scorers())
     expected = {
