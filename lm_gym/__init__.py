@@ -9,6 +9,7 @@ See :func:`lm_gym.envs.list_envs` for the ids. This package never imports stable
 """
 
 from lm_gym.envs.registration import ENV_ENTRIES, list_envs, register_envs
+
 # the task modules that register their own scorers: every scorer name is known after import lm_gym
 from lm_gym.tasks import toy as _toy  # noqa: F401
 from lm_gym.tasks import verifiable as _verifiable  # noqa: F401
