@@ -492,20 +492,3 @@ def evaluate_agent(
                     records[i].ref_nll, records[i].kl = nll, kl
                 bar.update(len(group))
     return EvalResult(env_id, split, records, act_time, time.perf_counter() - start)
-
-
-def summarise(results: Sequence[EvalResult]) -> dict[str, Any]:
-    """Mean of the summaries of several evaluations (e.g. one per seed), rewards pooled.
-
-    :param results: evaluations of the same agent and env.
-    """
-    pooled = np.concatenate([r.rewards for r in results]) if results else np.array([])
-    summaries = [r.summary() for r in results]
-    out: dict[str, Any] = {}
-    for key in summaries[0] if summaries else []:
-        values = [s[key] for s in summaries if isinstance(s.get(key), (int, float))]
-        out[key] = float(np.mean(values)) if values else math.nan
-    out["mean_reward"] = float(pooled.mean()) if len(pooled) else math.nan
-    out["std_reward"] = float(pooled.std()) if len(pooled) else math.nan
-    out["eval_episodes"] = len(pooled)
-    return out
