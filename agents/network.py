@@ -541,7 +541,8 @@ class RolloutKVCache:
     the cache is cut to the first column where any row has a real token. A batch of another size
     whose every row equals a cached row or extends one by one token (stock SB3's batch-of-one
     value bootstrap of a truncated episode, on its terminal observation) is answered from those
-    rows and leaves the cache as it is. The whole cache is dropped when the batch shape changes
+    rows and leaves the cache as it is; when several come in one step, the rows' windows plus the
+    tokens the policy sampled (:meth:`expect_next`) are computed in one batched forward. The whole cache is dropped when the batch shape changes
     otherwise or the network's parameters change (see :meth:`CausalLMActorCritic.param_version`).
     Use it under ``torch.no_grad()`` only.
     """
@@ -554,8 +555,15 @@ class RolloutKVCache:
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.hidden: torch.Tensor | None = None
         self.version: int | None = None
-        #: counts of rows served from the cache, one token, and full recomputes (for tests/stats)
-        self.stats = {"reused": 0, "incremental": 0, "full": 0}
+        #: the tokens the policy sampled from the cached rows (:meth:`expect_next`), if known
+        self.next_tokens: torch.Tensor | None = None
+        #: batch-of-one queries answered since the last step, and the look-ahead batch: every
+        #: row's window plus its next token (ids, mask, rows computed, last hidden states)
+        self._side_calls = 0
+        self._ahead: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        #: counts of rows served from the cache, one token, and full recomputes, and of the
+        #: forwards run for side queries (for tests/stats)
+        self.stats = {"reused": 0, "incremental": 0, "full": 0, "side_forwards": 0}
 
     @property
     def width(self) -> int:
@@ -567,6 +575,26 @@ class RolloutKVCache:
         self.input_ids = self.attention_mask = self.hidden = None
         self.layers = []
         self.version = None
+        self._forget_next()
+
+    def _forget_next(self) -> None:
+        self.next_tokens, self._ahead, self._side_calls = None, None, 0
+
+    def expect_next(self, tokens: torch.Tensor) -> None:
+        """Note the tokens just sampled from the cached rows (one per row, the policy's actions).
+
+        When several truncated episodes end in one step, stock SB3 asks for their terminal values
+        one batch-of-one at a time; from the second such query on, the cache computes every row's
+        window plus its noted token in one batched forward and answers the rest from it.
+
+        :param tokens: ``(batch,)`` token ids, in the cached rows' order.
+        """
+        tokens = tokens.reshape(-1)
+        ok = self.input_ids is not None and tokens.shape[0] == self.input_ids.shape[0]
+        self._forget_next()
+        if ok:
+            assert self.input_ids is not None
+            self.next_tokens = tokens.to(self.input_ids.device, torch.long)
 
     def _valid_for(self, version: int, ids: torch.Tensor) -> bool:
         return (
@@ -673,6 +701,7 @@ class RolloutKVCache:
         self.input_ids, self.attention_mask = ids.clone(), mask.clone()
         self.hidden, self.layers = out, layers
         self.version = version
+        self._forget_next()
         return out
 
     def _extend(
@@ -761,11 +790,45 @@ class RolloutKVCache:
                 self.stats["reused"] += 1
                 continue
             j = int(one[row].nonzero()[0])
-            old = [(k[j : j + 1], v[j : j + 1]) for k, v in self.layers]
-            hidden, _ = self._extend(net, ids[row : row + 1], mask[row : row + 1], old, 1)
-            out.append(hidden[0])
+            out.append(self._one_more(net, ids[row], mask[row], j))
             self.stats["incremental"] += 1
         return torch.stack(out)
+
+    def _one_more(
+        self, net: CausalLMActorCritic, ids: torch.Tensor, mask: torch.Tensor, j: int
+    ) -> torch.Tensor:
+        """The last hidden state of the window ``(ids, mask)``: cached row ``j`` plus one token.
+
+        The first such query after a step runs that row alone; from the second on (several
+        episodes truncated in the same step), every row's window plus its noted next token
+        (:meth:`expect_next`) is computed in one batched forward, kept until the next step."""
+        self._side_calls += 1
+        if self._ahead is None and self._side_calls >= 2 and self.next_tokens is not None:
+            assert self.input_ids is not None and self.attention_mask is not None
+            pid, pmask = self.input_ids, self.attention_mask
+            ahead_ids = torch.cat([pid[:, 1:], self.next_tokens[:, None]], 1)
+            ahead_mask = torch.cat([pmask[:, 1:], torch.ones_like(pmask[:, :1])], 1)
+            rows = pmask[:, 0] == 0  # the window can move left by one
+            hidden = torch.zeros_like(self.hidden) if self.hidden is not None else None
+            if hidden is not None and bool(rows.any()):
+                idx = rows.nonzero().squeeze(1)
+                old = [(k[idx], v[idx]) for k, v in self.layers]
+                h, _ = self._extend(net, ahead_ids[idx], ahead_mask[idx], old, 1)
+                hidden[idx] = h
+                self.stats["side_forwards"] += 1
+                self._ahead = (ahead_ids, ahead_mask, rows, hidden)
+        if self._ahead is not None:
+            ahead_ids, ahead_mask, rows, hidden = self._ahead
+            if (
+                bool(rows[j])
+                and torch.equal(ids, ahead_ids[j])
+                and torch.equal(mask, ahead_mask[j])
+            ):
+                return hidden[j]
+        old = [(k[j : j + 1], v[j : j + 1]) for k, v in self.layers]
+        h, _ = self._extend(net, ids[None], mask[None], old, 1)
+        self.stats["side_forwards"] += 1
+        return h[0]
 
     @staticmethod
     def _merge(

@@ -326,6 +326,8 @@ class LMPolicyMixin(_LMPolicyBase):
         dist = self._dist(ids, obs, logits, action_masks)
         actions = dist.get_actions(deterministic=deterministic)
         assert values is not None
+        if self.kv_cache is not None and not torch.is_grad_enabled() and not self.training:  # type: ignore[attr-defined]
+            self.kv_cache.expect_next(actions)  # terminal values of truncations come in a batch
         return actions, values, dist.log_prob(actions)
 
     def evaluate_actions(

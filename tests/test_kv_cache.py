@@ -168,7 +168,10 @@ def test_sb3_value_bootstraps_come_from_the_cache(tiny_lm: str):
     """Stock PPO bootstraps ``V(terminal obs)`` with a batch of one at every truncated episode:
     the cache answers it from that env's row (one more token) and keeps the batch for the next
     step, so new episodes are the only full recomputes (before: the batch of one and then every
-    row of the next step), and the rollout, bootstraps included, equals a full recompute."""
+    row of the next step), and the rollout, bootstraps included, equals a full recompute. The
+    three envs' episodes end together: the first bootstrap of a step runs its row alone, the
+    others come from one batched forward of every row plus its sampled token (before: one forward
+    per bootstrap)."""
     tokenizer = tokenizer_name_for_model(tiny_lm)
 
     def make() -> CountUpEnv:
@@ -196,6 +199,8 @@ def test_sb3_value_bootstraps_come_from_the_cache(tiny_lm: str):
     # the episodes started in the rollout, plus those started by its last step (final values)
     assert stats["full"] <= cached.episode_starts.sum() + 3
     assert stats["incremental"] >= n_bootstraps
+    truncation_steps = n_bootstraps // 3  # the three envs' episodes end in the same steps
+    assert stats["side_forwards"] == 2 * truncation_steps
     np.testing.assert_array_equal(cached.actions, full.actions)
     np.testing.assert_allclose(cached.rewards, full.rewards, atol=ATOL)  # bootstraps included
     np.testing.assert_allclose(cached.values, full.values, atol=ATOL)
