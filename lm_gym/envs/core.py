@@ -26,7 +26,7 @@ import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -137,7 +137,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
     :param config: overrides, as a dict (HighwayEnv style).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 30}
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 30}
     #: a subclass that overrides ``step()`` or ``_step_reward()`` sets this when its episode-end
     #: reward is still ``_step_reward(token, 0.0)`` plus the text score, so that
     #: ``defer_reward=True`` is allowed
@@ -281,7 +281,8 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         )
 
         length = self.max_prompt_tokens + self.max_new_tokens
-        self.observation_space = spaces.Dict(
+        # gymnasium types spaces.Dict as Space[dict[str, Space]], not as a space of dicts of samples
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "input_ids": spaces.Box(0, self.vocab_size - 1, (length,), dtype=np.int64),
                 "attention_mask": spaces.Box(0, 1, (length,), dtype=np.int64),
@@ -593,7 +594,7 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         ids = self._generated
         if ids and ids[-1] in self._stop_ids and self._done:
             ids = ids[:-1]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
 
     @property
     def sample(self) -> Sample | None:
@@ -667,11 +668,14 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
     def _chat_ids(self, prompt: str) -> list[int]:
         """The chat template's ids of :meth:`chat_messages`, ending with the assistant header."""
-        ids = self.tokenizer.apply_chat_template(
-            self.chat_messages(prompt),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
+        ids = cast(
+            "list[int]",
+            self.tokenizer.apply_chat_template(
+                self.chat_messages(prompt),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            ),
         )
         return [int(i) for i in ids]
 
@@ -686,7 +690,9 @@ class TextEnv(gym.Env[ObsType, np.int64]):
 
         def cut(keep: int) -> str:
             # a cut inside a multi-byte character decodes to U+FFFD: drop it
-            text = self.tokenizer.decode(task_ids[len(task_ids) - keep :]) if keep else ""
+            text = (
+                cast(str, self.tokenizer.decode(task_ids[len(task_ids) - keep :])) if keep else ""
+            )
             return text.lstrip("\ufffd").lstrip()
 
         lo, hi, best = 0, len(task_ids) - 1, self._chat_ids("")  # 0 tokens fit (checked in init)

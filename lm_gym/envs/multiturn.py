@@ -44,7 +44,7 @@ import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -254,7 +254,7 @@ class ModelPartner(Partner):
             raise ValueError(f"template must be 'auto', 'chat' or 'plain', not {template!r}.")
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        self.spec = {
+        self.spec: dict[str, Any] = {
             "model": str(model),
             "max_new_tokens": int(max_new_tokens),
             "template": template,
@@ -460,6 +460,11 @@ class MultiTurnEnv(TextEnv):
     #: the episode's discount, for tables and exact solvers (the env itself does not discount)
     gamma: ClassVar[float] = 1.0
 
+    # set by _reset_conversation()
+    _turn_ids: list[int]
+    _used: int
+    messages: Messages
+
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         cfg = super().default_config()
@@ -598,7 +603,7 @@ class MultiTurnEnv(TextEnv):
     def _end_turn(self, stopped: bool) -> tuple[ObsType, float, bool, bool, dict[str, Any]]:
         assert self._sample is not None
         ids = self._turn_ids[:-1] if stopped else self._turn_ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
         user = next(m["content"] for m in reversed(self.messages) if m["role"] == PARTNER_ROLE)
         self.messages.append({"role": AGENT_ROLE, "content": text})
         reply = self.judge_reply(self.partner.reply(self.partner_messages(), self._sample))
@@ -693,14 +698,14 @@ class MultiTurnEnv(TextEnv):
             template, an agent turn not ending in a newline gets one before ``"User:"``).
         """
         last = self._turns[-1].ids[-1] if self._turns and self._turns[-1].ids else None
-        ended_newline = last is not None and self.tokenizer.decode([last]).endswith("\n")
+        ended_newline = last is not None and cast(str, self.tokenizer.decode([last])).endswith("\n")
         key_flag = (agent_stopped and last == self.eos_token_id) or ended_newline
         key = (text, key_flag)
         cached = self._reply_cache.get(key)
         if cached is not None:
             return cached
         cut = self.tokenizer.encode(text, add_special_tokens=False)[: self.max_reply_tokens]
-        text = self.tokenizer.decode(cut).strip()
+        text = cast(str, self.tokenizer.decode(cut)).strip()
         if self.prompt_style == "chat":
             head, tail = self._chat_reply_frame()
             eos_text = self.tokenizer.eos_token or ""
@@ -723,8 +728,11 @@ class MultiTurnEnv(TextEnv):
             {"role": AGENT_ROLE, "content": agent},
             {"role": PARTNER_ROLE, "content": reply},
         ]
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+        text = cast(
+            str,
+            self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            ),
         )
         after = text[text.index(agent) + len(agent) :]
         head, _, tail = after.partition(reply)
@@ -744,7 +752,7 @@ class MultiTurnEnv(TextEnv):
         """The finished turns of the current episode."""
         return list(self._turns)
 
-    def _append(self, ids: Sequence[int], *, agent: bool) -> None:
+    def _append(self, ids: Sequence[int] | np.ndarray, *, agent: bool) -> None:
         n = len(ids)
         if n == 0:
             return
@@ -757,13 +765,13 @@ class MultiTurnEnv(TextEnv):
         self._used += n
 
     def _reset_conversation(self) -> None:
-        self._turn_ids: list[int] = []
+        self._turn_ids = []
         self._turns: list[Turn] = []
         self._turn_rewards: list[float] = []
         self._turn_metrics: list[dict[str, float]] = []
         self._used = 0
         self._agent_mask = np.zeros(len(self._ids), dtype=np.int8)
-        self.messages: Messages = []
+        self.messages = []
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -123,7 +123,7 @@ def _scorer_envs(groups: Sequence[str]) -> list[int]:
     return [first.setdefault(group, i) for i, group in enumerate(groups)]
 
 
-class DeferredRewardVecEnv(VecEnvWrapper):  # type: ignore[misc,valid-type]
+class DeferredRewardVecEnv(VecEnvWrapper):
     """Scores the episodes of ``defer_reward=True`` envs that end in the same step in one batch.
 
     Every env of ``venv`` must be an lm-gym :class:`~lm_gym.envs.core.TextEnv` (under any
@@ -269,7 +269,7 @@ class DeferredRewardVectorWrapper(VectorWrapper):
             return
         rows = [int(i) for i in np.flatnonzero(mask)]
         per_env: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        episode = infos.get("episode")
+        episode: Any = infos.get("episode")
         has_r = isinstance(episode, dict) and "_r" in episode
         for i in rows:
             per_env[i] = {key: infos[key][i] for key in ("text", "prompt", *DEFERRED_KEYS)}

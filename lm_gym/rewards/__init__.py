@@ -38,7 +38,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from lm_gym.rewards.base import CallableScorer, ScoreFn, Scorer
 from lm_gym.rewards.overlap import ROUGE_TYPES, BLEUScorer, CHRFScorer, RougeScorer, TERScorer
@@ -98,7 +98,7 @@ def names_import(spec: Any) -> bool:
     return bool(sep and module and attr.isidentifier())
 
 
-def is_import_spec(spec: Any) -> bool:
+def is_import_spec(spec: Any) -> TypeGuard[str]:
     """Whether ``spec`` names a reward function to import: ``"module:function"`` or
     ``"file.py:function"`` (not a registered scorer name)."""
     return names_import(spec) and spec not in _REGISTRY
@@ -189,7 +189,7 @@ def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Score
         fn = import_reward(spec)
         if isinstance(fn, type) and issubclass(fn, Scorer):
             return fn(**kwargs)
-        return CallableScorer(fn, **kwargs)
+        return CallableScorer(cast(ScoreFn, fn), **kwargs)
     if isinstance(spec, str):
         factory = _REGISTRY.get(spec)
         if factory is None:
@@ -211,7 +211,7 @@ def make_scorer(spec: str | Callable[..., Any] | Scorer, **kwargs: Any) -> Score
     if isinstance(spec, type) and issubclass(spec, Scorer):
         return spec(**kwargs)
     if callable(spec):
-        return CallableScorer(spec, **kwargs)
+        return CallableScorer(cast(ScoreFn, spec), **kwargs)
     raise TypeError(
         "make_scorer takes a scorer name, a Scorer, a Scorer class or a callable "
         f"f(texts, prompts, references); got {type(spec).__name__}."

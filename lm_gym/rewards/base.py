@@ -183,7 +183,7 @@ def _as_references(references: Sequence[Sequence[str]]) -> list[tuple[str, ...]]
             "references must hold one sequence of reference strings per text, not a single "
             "string; e.g. references=[['ref a', 'ref b'], ['ref c']]."
         )
-    out = []
+    out: list[tuple[str, ...]] = []
     for i, refs in enumerate(references):
         if isinstance(refs, str):
             out.append((refs,))
