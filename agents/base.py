@@ -28,7 +28,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +55,7 @@ class Agent(Protocol):
         """Train for ``total_timesteps`` more env steps; return the agent."""
         ...
 
-    def predict(self, observation: Any, deterministic: bool = False) -> tuple[Any, Any]:
+    def predict(self, observation: Any, *, deterministic: bool = False) -> tuple[Any, Any]:
         """``(action, state)`` for an observation or a batch of observations."""
         ...
 
@@ -184,7 +184,7 @@ def model_for_env(model: str, env: gym.Env) -> str:
         tokenizer_name_for_model,
     )
 
-    vocab = int(env.action_space.n)
+    vocab = int(cast(gym.spaces.Discrete, env.action_space).n)
     if vocab == GPT2_VOCAB_SIZE or Path(model).is_dir():
         return model
     if model in GPT2_TOKENIZER_NAMES:
@@ -229,10 +229,10 @@ def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedMod
 
     lm = load_causal_lm(model_for_env(model, env)) if isinstance(model, str) else model
     vocab = int(lm.get_output_embeddings().weight.shape[0])
-    if vocab != int(env.action_space.n):
+    if vocab != int(cast(gym.spaces.Discrete, env.action_space).n):
         raise ValueError(
             f"The model's vocabulary ({vocab}) does not match the env's action space "
-            f"Discrete({env.action_space.n})."
+            f"Discrete({cast(gym.spaces.Discrete, env.action_space).n})."
         )
     return lm
 
@@ -280,7 +280,7 @@ class BaseAgent:
     @property
     def n_actions(self) -> int:
         """The size of the action space (the vocabulary)."""
-        return int(self.env.action_space.n)
+        return int(cast(gym.spaces.Discrete, self.env.action_space).n)
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor options (JSON-serialisable), as :meth:`save` records them."""
@@ -571,11 +571,13 @@ class SB3Agent:
 
         policy = self.model.policy
         obs, _ = batch_obs(observations)
-        n = int(self.model.action_space.n)
+        n = int(cast(gym.spaces.Discrete, self.model.action_space).n)
         if hasattr(policy, "get_distribution"):
             obs_t, _ = policy.obs_to_tensor(obs)
             with torch.no_grad():
-                dist = policy.get_distribution(obs_t)
+                # SB3 types the policy as a BasePolicy: torch types its other attributes as
+                # Tensor | Module
+                dist = policy.get_distribution(obs_t)  # type: ignore[operator]
                 logits = dist.distribution.logits
             return torch.log_softmax(logits.float(), -1).cpu().numpy()
         actions, _ = self.model.predict(obs, deterministic=True)

@@ -97,7 +97,7 @@ class LMDecodingAgent(LMAgent):
     :raises ValueError: bad decoding options, or a model whose vocabulary does not fit the env.
     """
 
-    option_names = ("model", "greedy", "temperature", "top_k", "top_p", "device")
+    option_names: tuple[str, ...] = ("model", "greedy", "temperature", "top_k", "top_p", "device")
 
     def __init__(
         self,
@@ -208,7 +208,8 @@ class BeamSearchAgent(LMDecodingAgent):
             self._plan.clear()
         ids = torch.tensor([context], device=self._device)
         with torch.no_grad():
-            out = self.lm.generate(
+            # transformers types PreTrainedModel without GenerationMixin (causal LMs have it)
+            out = self.lm.generate(  # type: ignore[operator]
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 num_beams=self.num_beams,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -101,7 +101,7 @@ class BeliefMDP(TabularMDP):
             if not hasattr(base, "hidden_starts"):
                 raise ValueError(f"{type(base).__name__} has no hidden_starts(); pass them.")
             hidden_starts = base.hidden_starts()
-        n_actions = int(base.action_space.n)
+        n_actions = int(cast(gym.spaces.Discrete, base.action_space).n)
         index: dict[StateKey, int] = {}
         keys: list[StateKey] = []
         obs_ids: list[np.ndarray] = []

@@ -28,7 +28,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["main"]
 
@@ -294,6 +294,8 @@ def _fallback_of(caught: Sequence[warnings.WarningMessage], name: str) -> str | 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's agent on a split, ``--n-envs`` episodes at once; print the summary, then
     write the JSON (a failed write is a warning: the results are printed already)."""
+    from gymnasium import spaces
+
     from agents.base import load_lm_for_env, model_for_env
     from agents.evaluation import evaluate_agent
     from agents.training import load_run
@@ -314,7 +316,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             named = f"{fallback} (random init: {reference!r} is not reachable offline)"
         elif resolved != reference:  # a word-level env: a built-in model with its vocabulary
             named = (
-                f"{resolved} ({reference!r} with the env's {env.action_space.n}-token vocabulary)"
+                f"{resolved} ({reference!r} with the env's "
+                f"{cast(spaces.Discrete, env.action_space).n}-token vocabulary)"
             )
         for w in caught:
             if fallback is None or _fallback_of([w], reference) is None:

@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("LM_GYM_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     import lm_gym
+    from agents.base import SB3Agent
     from agents.registry import make_agent
 
     hf_logging.disable_progress_bar()
@@ -148,16 +149,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rl_env = gym.make(args.env)
     doc = (type(rl_env.unwrapped).__doc__ or "").strip().splitlines()
     _say(f"    {doc[0] if doc else args.env}")
-    ppo = make_agent(
-        "ppo",
-        rl_env,
-        model="tiny-gpt2",
-        seed=0,
-        learning_rate=1e-3,
-        n_steps=128,
-        batch_size=64,
-        n_epochs=4,
-        gamma=1.0,
+    ppo = cast(
+        SB3Agent,
+        make_agent(
+            "ppo",
+            rl_env,
+            model="tiny-gpt2",
+            seed=0,
+            learning_rate=1e-3,
+            n_steps=128,
+            batch_size=64,
+            n_epochs=4,
+            gamma=1.0,
+        ),
     )
     before = _mean_reward(ppo, args.env, args.eval_episodes)
     _say(f"    mean reward before training: {before:.3f}  ({args.eval_episodes} held-out episodes)")

@@ -442,7 +442,13 @@ def evaluate_agent(
     inner = text_env(env)
     ref = None
     if reference is not None:
-        ref = load_lm_for_env(reference, env).to(resolve_device(reference_device)).eval()
+        # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to): its type takes
+        # the module as the first argument
+        ref = (
+            load_lm_for_env(reference, env)
+            .to(resolve_device(reference_device))  # type: ignore[arg-type]
+            .eval()
+        )
     kl_fn = getattr(agent, "action_log_probs", None) if compute_kl and ref is not None else None
     n = min(n_episodes, len(inner.samples)) if inner.samples else n_episodes
     if n <= 0:

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch as th
@@ -318,7 +318,7 @@ class GroupRelativePPO(EpisodePPO):
                 f"{type(self.env).__name__} holds none."
             )
         self.env = GroupedResetVecEnv(self.env, self.group_size)
-        self._last_obs = None  # type: ignore[assignment]  # groups start with a reset
+        self._last_obs = None  # groups start with a reset
         return self.env
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
@@ -330,7 +330,7 @@ class GroupRelativePPO(EpisodePPO):
         if self._reference is None:
             ref = self.kl_reference
             if ref is None:
-                net = self.policy.net  # type: ignore[union-attr]
+                net = cast(CausalLMActorCritic, self.policy.net)
                 self._reference = net.reference_lm()
             elif isinstance(ref, CausalLMActorCritic):
                 self._reference = ref

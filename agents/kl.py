@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -486,8 +486,11 @@ def rollout_token_kl(
     if buffer_holds_unmasked_log_probs(policy):
         logp = flat(rollout_buffer.log_probs).reshape(-1)
     else:
-        logp = episode_action_log_probs(net, index, ids_t, mask_t, actions, max_batch_tokens)
-        logp = logp.cpu().numpy()
+        logp = (
+            episode_action_log_probs(net, index, ids_t, mask_t, actions, max_batch_tokens)
+            .cpu()
+            .numpy()
+        )
     kl = logp.astype(np.float64) - logp_ref.cpu().numpy().astype(np.float64)
     return kl.reshape(n_envs, n_steps).T.copy()
 
@@ -576,7 +579,8 @@ class KLPenaltyCallback(_KLPenalty, BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        buffer = self.locals.get("rollout_buffer", self.model.rollout_buffer)
+        model = cast(OnPolicyAlgorithm, self.model)
+        buffer = self.locals.get("rollout_buffer", model.rollout_buffer)
         self.penalise(buffer)
         _record(self, self, self.history)
 
@@ -594,7 +598,7 @@ class KLPenaltyCallback(_KLPenalty, BaseCallback):
                 f"KLPenaltyCallback saw {len(self._task)} steps of a {n_steps}-step rollout: it "
                 "must be passed to learn() (it reads each step's rewards)."
             )
-        policy = self.model.policy
+        policy = cast(OnPolicyAlgorithm, self.model).policy
         kl = rollout_token_kl(policy, self.reference, rollout_buffer, self.max_batch_tokens)
         coef = self.coef
         rollout_buffer.rewards -= (coef * kl).astype(np.float32)

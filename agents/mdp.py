@@ -30,7 +30,7 @@ import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -116,7 +116,7 @@ class TabularMDP:
                     f"{type(base).__name__} has no start_distribution(); pass start_prompts."
                 )
             start_prompts = base.start_distribution()
-        n_actions = int(base.action_space.n)
+        n_actions = int(cast(gym.spaces.Discrete, base.action_space).n)
         keys: list[StateKey] = []
         index: dict[StateKey, int] = {}
         origin: list[tuple[str, tuple[int, ...]]] = []  # (prompt, tokens) reaching each state

@@ -492,6 +492,8 @@ class _AdaptersOff(CausalLMActorCritic):
     the policy's weights. It has no parameters of its own (so freezing it, or moving it, never
     touches the policy's); every forward runs under ``peft``'s ``disable_adapter()``."""
 
+    _policy_net: CausalLMActorCritic  # set with object.__setattr__: not a submodule
+
     def __init__(self, net: CausalLMActorCritic) -> None:
         nn.Module.__init__(self)
         object.__setattr__(self, "_policy_net", net)

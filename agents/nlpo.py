@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -257,7 +257,7 @@ class NLPOActionMaskWrapper(gym.Wrapper):
         info["action_mask"] = self._compute(obs)
         return obs, info
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["action_mask"] = self._compute(obs)
         return obs, reward, terminated, truncated, info

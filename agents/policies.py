@@ -39,7 +39,7 @@ The former names (``GPT2ActorCriticPolicy``, ``MaskableGPT2ActorCriticPolicy``, 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -415,7 +415,8 @@ class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
     """
 
 
-class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):
+# the mixin's get_distribution returns sb3-contrib's MaskableDistribution here, typed Distribution
+class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):  # type: ignore[misc]
     """Causal-LM actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
 
     When no ``action_masks`` are passed (``MaskablePPO.learn(use_masking=False)``, or the
@@ -572,10 +573,9 @@ class LMDQNPolicy(_LMPolicyBase, DQNPolicy):
         )
         for p in target.parameters():
             p.requires_grad_(True)  # Polyak updates write into it; never in the optimizer
-        self.q_net = LMQNetwork(self.observation_space, self.action_space, net, kw["kv_cache"])
-        self.q_net_target = LMQNetwork(
-            self.observation_space, self.action_space, target, kv_cache=False
-        )
+        action_space = cast(spaces.Discrete, self.action_space)
+        self.q_net = LMQNetwork(self.observation_space, action_space, net, kw["kv_cache"])
+        self.q_net_target = LMQNetwork(self.observation_space, action_space, target, kv_cache=False)
         self.q_net_target.set_training_mode(False)
         self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
             self.q_net.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs

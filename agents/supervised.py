@@ -360,7 +360,7 @@ def warm_start(
         seed=seed,
         device=device,
     )
-    lm.to("cpu").save_pretrained(folder)
+    lm.to("cpu").save_pretrained(folder)  # type: ignore[arg-type]  # as in agents.evaluation
     from lm_gym.models import load_tokenizer, tokenizer_name_for_model
 
     tokenizer = tokenizer_name_for_model(model)

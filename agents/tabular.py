@@ -174,6 +174,7 @@ class TabularAgent:
                 next_key = state_key(obs)
             if callback is not None and callback(locals(), globals()) is False:
                 break
+            assert next_key is not None
             key = next_key
         self._end_of_learning()
         return self
@@ -363,7 +364,11 @@ class QLearning(TabularAgent):
     def _observe(
         self, key: StateKey, index: int, reward: float, next_key: StateKey | None, done: bool
     ) -> None:
-        target = reward if done else reward + self.gamma * float(self.q_values(next_key).max())
+        if done:
+            target = reward
+        else:
+            assert next_key is not None
+            target = reward + self.gamma * float(self.q_values(next_key).max())
         row = self.q_values(key)
         row[index] += self.learning_rate * (target - row[index])
 

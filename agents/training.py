@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -463,7 +463,7 @@ def _option_defaults(agent: str) -> dict[str, Any]:
         from agents import zoo
 
         try:
-            params = zoo.algo_parameters(agent).values()
+            params: Iterable[inspect.Parameter] = zoo.algo_parameters(agent).values()
             defaults.update({p.name: p.default for p in params if p.default is not p.empty})
         except (ImportError, AttributeError, KeyError, TypeError, ValueError):  # no signature
             pass
@@ -662,6 +662,7 @@ def train_run(
                 agent = build_agent(config, env, out)
             except Exception as exc:
                 raise _setup_failed(exc, f"the agent {config.agent!r} cannot be built") from exc
+            state: dict[str, Any]
             start, state, loaded_from = 0, {}, None
             if resume:
                 agent, start, loaded_from, state = _load_newest(agent, env, out, checkpoint)

@@ -49,7 +49,7 @@ import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 
@@ -122,7 +122,7 @@ def restricted_actions(env: gym.Env, max_actions: int = 32) -> list[int]:
     """
     from agents.supervised import demonstrations
 
-    n = int(env.action_space.n)
+    n = int(cast(gym.spaces.Discrete, env.action_space).n)
     if n <= max_actions:
         return list(range(n))
     actions = list(stop_ids(env))[: max(1, max_actions // 4)]
@@ -292,7 +292,7 @@ def make_supervised(
 def _tabular_class(base: type) -> type:
     """A subclass whose ``learn`` continues the step count (the zoo protocol: n *more* steps)."""
 
-    class Continuing(base):  # type: ignore[misc, valid-type]
+    class Continuing(base):
         def learn(
             self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = False
         ) -> Any:
@@ -439,7 +439,7 @@ def make_reinforce(
 # -- stable-baselines3 ----------------------------------------------------------------------------
 
 
-def _algo_class(name: str) -> type:
+def _algo_class(name: str) -> type[Any]:
     if name == "ppo":
         from agents.ppo import EpisodePPO
 
@@ -553,7 +553,7 @@ def _vec_env(env: gym.Env, n_envs: int, reward_scale: float = 1.0) -> Any:
     first = scaled(env)
     makers: list[Callable[[], gym.Env]] = [lambda: first]
     for _ in range(n_envs - 1):
-        makers.append(lambda: scaled(fresh_env(env)))
+        makers.append(lambda: scaled(cast(gym.Env, fresh_env(env))))  # not None: checked above
     return DummyVecEnv(makers)
 
 
@@ -615,7 +615,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
         if kl_coef > 0 or kl_target is not None:
             from agents import kl
 
-            kl_kwargs = {
+            kl_kwargs: dict[str, Any] = {
                 "coef": kl_coef,
                 "target_kl": kl_target,
                 "horizon": kl_horizon,
@@ -687,7 +687,7 @@ def _register_all() -> None:
             summary=summary,
             tags=("lm", "rl", "sb3"),
             source="zoo",
-            options=lambda name=name: _algo_option_names(name),
+            options=functools.partial(_algo_option_names, name),
             overwrite=True,
         )
 
