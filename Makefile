@@ -5,10 +5,11 @@
 # A user with a GPU keeps their torch: create the venv with it first, or set TORCH_SPEC to the build
 # they want.
 #
-# `make test` = lint, the core suite in $(VENV), then `make test-ray`: the Ray RLlib tests in a
-# second venv, $(VENV_RAY), because ray[rllib] pins a Gymnasium release (1.2.2 for ray 2.60) that
-# the main venv does not track; tests/test_envs.py runs there too, so the env contract is checked
-# under both Gymnasium versions. Last `make test-oldest`: $(OLDEST_TESTS) in $(VENV_OLDEST), installed
+# `make test` = lint (ruff, then mypy on lm_gym and agents, configured in setup.cfg's [mypy]), the
+# core suite in $(VENV), then `make test-ray`: the Ray RLlib tests in a second venv, $(VENV_RAY),
+# because ray[rllib] pins a Gymnasium release (1.2.2 for ray 2.60) that the main venv does not
+# track; tests/test_envs.py runs there too, so the env contract is checked under both Gymnasium
+# versions. Last `make test-oldest`: $(OLDEST_TESTS) in $(VENV_OLDEST), installed
 # with the oldest versions setup.cfg allows (.ci/oldest.txt), so both ends of the declared ranges run.
 PYTHON ?= python3
 VENV ?= .venv
@@ -74,6 +75,7 @@ test-oldest: $(VENV_OLDEST)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
