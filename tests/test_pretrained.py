@@ -247,8 +247,13 @@ def test_overrides_read_exponent_floats() -> None:
 
 def test_the_smollm2_recipe_is_in_the_ppo_config() -> None:
     recipe = load_hyperparams("ppo", "LMText-v0", "smollm2-135m")
-    assert isinstance(recipe["learning_rate"], float) and recipe["learning_rate"] < 1e-4
+    assert isinstance(recipe["learning_rate"], float)
+    # a full fine-tune of a pretrained LM takes a small learning rate; LoRA adapters a larger one
+    lora = recipe.get("policy_kwargs", {}).get("lora")
+    assert recipe["learning_rate"] < (1e-3 if lora else 1e-4)
     assert recipe.get("kl_coef", 0) > 0  # a KL penalty guards the pretrained model's fluency
+    translate = load_hyperparams("ppo", "LMTranslate-v0", "smollm2-135m")
+    assert translate["reward_scale"] == 0.01  # chrF's 0-100 on the 0-1 scale of the KL settings
 
 
 # -- the real model (slow) ------------------------------------------------------------------------
