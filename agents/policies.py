@@ -268,18 +268,22 @@ class LMPolicyMixin(_LMPolicyBase):
         self, obs: PyTorchObs, *, with_value: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Ids, logits (batch, vocab) and values (batch, 1); KV-cached in no-grad eval-mode calls."""
+        ids, h = self._hidden(obs)
+        logits = self.net.logits_from_hidden(h)
+        return ids, logits, self._values_from(h) if with_value else None
+
+    def _hidden(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids and the last hidden states (batch, hidden); KV-cached in no-grad eval-mode calls."""
         ids, mask = _split_obs(obs)
         rollout = not torch.is_grad_enabled() and not self.training  # type: ignore[attr-defined]
         cache = self.kv_cache if rollout else None
-        h = self.net.last_hidden(ids, mask, cache)
-        logits = self.net.logits_from_hidden(h)
-        values = None
-        if with_value:
-            if self.net.value_head is None:  # a critic-free algorithm: values are never used
-                values = torch.zeros(h.shape[0], 1, device=h.device)
-            else:
-                values = self.net.value_from_hidden(h).unsqueeze(-1)
-        return ids, logits, values
+        return ids, self.net.last_hidden(ids, mask, cache)
+
+    def _values_from(self, h: torch.Tensor) -> torch.Tensor:
+        """Values (batch, 1) from the last hidden states."""
+        if self.net.value_head is None:  # a critic-free algorithm: values are never used
+            return torch.zeros(h.shape[0], 1, device=h.device)
+        return self.net.value_from_hidden(h).unsqueeze(-1)
 
     def _dist(
         self,
@@ -350,10 +354,8 @@ class LMPolicyMixin(_LMPolicyBase):
         return self._dist(ids, obs, logits, action_masks)
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
-        """Values ``(batch, 1)``."""
-        _, _, values = self._outputs(obs)
-        assert values is not None
-        return values
+        """Values ``(batch, 1)`` (the LM head is not run)."""
+        return self._values_from(self._hidden(obs)[1])
 
     def _predict(
         self,
