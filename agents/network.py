@@ -544,8 +544,9 @@ class RolloutKVCache:
     whose every row equals a cached row or extends one by one token (stock SB3's batch-of-one
     value bootstrap of a truncated episode, on its terminal observation) is answered from those
     rows and leaves the cache as it is; when several come in one step, the rows' windows plus the
-    tokens the policy sampled (:meth:`expect_next`) are computed in one batched forward. The whole cache is dropped when the batch shape changes
-    otherwise or the network's parameters change (see :meth:`CausalLMActorCritic.param_version`).
+    tokens the policy sampled (:meth:`expect_next`) are computed in one batched forward. The
+    whole cache is dropped when the batch shape changes otherwise or the network's parameters
+    change (see :meth:`CausalLMActorCritic.param_version`).
     Use it under ``torch.no_grad()`` only.
     """
 
@@ -811,8 +812,9 @@ class RolloutKVCache:
             ahead_ids = torch.cat([pid[:, 1:], self.next_tokens[:, None]], 1)
             ahead_mask = torch.cat([pmask[:, 1:], torch.ones_like(pmask[:, :1])], 1)
             rows = pmask[:, 0] == 0  # the window can move left by one
-            hidden = torch.zeros_like(self.hidden) if self.hidden is not None else None
-            if hidden is not None and bool(rows.any()):
+            assert self.hidden is not None  # _side_query answers only with a cached batch
+            hidden = torch.zeros_like(self.hidden)
+            if bool(rows.any()):
                 idx = rows.nonzero().squeeze(1)
                 old = [(k[idx], v[idx]) for k, v in self.layers]
                 h, _ = self._extend(net, ahead_ids[idx], ahead_mask[idx], old, 1)

@@ -27,9 +27,10 @@ their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_e
 penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
 :class:`agents.kl.KLPenaltyCallback` after each rollout, :class:`agents.kl.KLPenaltyVecEnv` in the env
 for DQN; ``lm-gym train --resume`` continues its adaptive coefficient) and ``reward_scale`` (the
-training envs' rewards are multiplied by it, a Gymnasium ``TransformReward`` under SB3's ``Monitor``,
-so logged episode rewards and every evaluation stay in the task's units: 0.01 puts chrF's 0-100 on
-the 0-1 scale that a recipe's KL coefficient and a critic sharing the LM's trunk expect). An
+training envs' rewards are multiplied by it, a Gymnasium ``TransformReward`` around SB3's
+``Monitor``, so logged episode rewards and every evaluation stay in the task's units: 0.01 puts
+chrF's 0-100 on the 0-1 scale that a recipe's KL coefficient and a critic sharing the LM's trunk
+expect). An
 episode that reaches the env's token budget ends in a terminal state for every SB3 agent: no
 ``gamma * V`` bootstrap as after a time limit (:mod:`agents.budget`; ``bootstrap_at_budget=True``
 restores SB3's behaviour). The
