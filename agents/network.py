@@ -560,10 +560,10 @@ class RolloutKVCache:
         self.version: int | None = None
         #: the tokens the policy sampled from the cached rows (:meth:`expect_next`), if known
         self.next_tokens: torch.Tensor | None = None
-        #: batch-of-one queries answered since the last step, and the look-ahead batch: every
-        #: row's window plus its next token (ids, mask, rows computed, last hidden states)
+        #: batch-of-one queries answered since the last step, and the look-ahead batch: the last
+        #: hidden states of every row's window plus its next token (the rows computed, the states)
         self._side_calls = 0
-        self._ahead: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None
         #: counts of rows served from the cache, one token, and full recomputes, and of the
         #: forwards run for side queries (for tests/stats)
         self.stats = {"reused": 0, "incremental": 0, "full": 0, "side_forwards": 0}
@@ -820,14 +820,11 @@ class RolloutKVCache:
                 h, _ = self._extend(net, ahead_ids[idx], ahead_mask[idx], old, 1)
                 hidden[idx] = h
                 self.stats["side_forwards"] += 1
-                self._ahead = (ahead_ids, ahead_mask, rows, hidden)
-        if self._ahead is not None:
-            ahead_ids, ahead_mask, rows, hidden = self._ahead
-            if (
-                bool(rows[j])
-                and torch.equal(ids, ahead_ids[j])
-                and torch.equal(mask, ahead_mask[j])
-            ):
+                self._ahead = (rows, hidden)
+        if self._ahead is not None and self.next_tokens is not None:
+            # the query is row j moved left by one (_side_query checked): only its token can differ
+            rows, hidden = self._ahead
+            if bool(rows[j]) and int(ids[-1]) == int(self.next_tokens[j]):
                 return hidden[j]
         old = [(k[j : j + 1], v[j : j + 1]) for k, v in self.layers]
         h, _ = self._extend(net, ids[None], mask[None], old, 1)

@@ -272,11 +272,14 @@ class LMPolicyMixin(_LMPolicyBase):
         logits = self.net.logits_from_hidden(h)
         return ids, logits, self._values_from(h) if with_value else None
 
+    def _in_rollout(self) -> bool:
+        """A no-grad call in eval mode: a rollout step (the KV cache applies)."""
+        return not torch.is_grad_enabled() and not self.training  # type: ignore[attr-defined]
+
     def _hidden(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids and the last hidden states (batch, hidden); KV-cached in no-grad eval-mode calls."""
         ids, mask = _split_obs(obs)
-        rollout = not torch.is_grad_enabled() and not self.training  # type: ignore[attr-defined]
-        cache = self.kv_cache if rollout else None
+        cache = self.kv_cache if self._in_rollout() else None
         return ids, self.net.last_hidden(ids, mask, cache)
 
     def _values_from(self, h: torch.Tensor) -> torch.Tensor:
@@ -330,7 +333,7 @@ class LMPolicyMixin(_LMPolicyBase):
         dist = self._dist(ids, obs, logits, action_masks)
         actions = dist.get_actions(deterministic=deterministic)
         assert values is not None
-        if self.kv_cache is not None and not torch.is_grad_enabled() and not self.training:  # type: ignore[attr-defined]
+        if self.kv_cache is not None and self._in_rollout():
             self.kv_cache.expect_next(actions)  # terminal values of truncations come in a batch
         return actions, values, dist.log_prob(actions)
 
@@ -458,9 +461,8 @@ class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):  # 
         if self.masker is None:
             return None
         _, mask = _split_obs(obs)
-        rollout = not torch.is_grad_enabled() and not self.training
         with torch.no_grad():
-            masks = self.masker(ids, mask, use_cache=rollout)
+            masks = self.masker(ids, mask, use_cache=self._in_rollout())
         if actions is not None:
             # The taken action was valid at rollout time; float noise between the cached and
             # the batched forward must not make it invalid at the top-p boundary.
