@@ -165,7 +165,7 @@ def _agent_option_hint(exc: Exception, env_id: str | None) -> Exception:
 
 
 def _parse_env_sets(items: list[str] | None) -> dict[str, Any]:
-    from agents.hyperparams import ConfigError, parse_overrides
+    from agents.common.config import ConfigError, parse_overrides
 
     try:
         return parse_overrides(items)
@@ -175,9 +175,9 @@ def _parse_env_sets(items: list[str] | None) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a run folder."""
-    from agents.hyperparams import parse_overrides, resolve_run_config
+    from agents.common.config import parse_overrides, resolve_run_config
+    from agents.common.training import train_run
     from agents.registry import UnknownOptionError
-    from agents.training import train_run
 
     if args.threads:
         import torch
@@ -236,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, args.out, progress=not args.no_progress, overwrite=args.overwrite
         )
     if outcome.interrupted:
-        from agents.training import latest_checkpoint
+        from agents.common.training import latest_checkpoint
 
         found = latest_checkpoint(outcome.out_dir)
         where = f"the checkpoint at step {found[0]}" if found else "the start (no checkpoint yet)"
@@ -267,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _reference_of(config: Any) -> str:
-    from agents.supervised import base_model_name
+    from agents.algorithms.supervised import base_model_name
 
     model = config.hyperparams.get("model", "gpt2")
     return base_model_name(model) if isinstance(model, str) else "gpt2"
@@ -296,9 +296,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write the JSON (a failed write is a warning: the results are printed already)."""
     from gymnasium import spaces
 
-    from agents.base import load_lm_for_env, model_for_env
-    from agents.evaluation import evaluate_agent
-    from agents.training import load_run
+    from agents.common.base import load_lm_for_env, model_for_env
+    from agents.common.evaluation import evaluate_agent
+    from agents.common.training import load_run
 
     config, agent, env = load_run(args.run, split=args.split, checkpoint=args.checkpoint)
     reference = None if args.no_reference else (args.reference or _reference_of(config))
@@ -361,8 +361,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Write a continuation of a prompt with a run's agent."""
-    from agents.base import text_env
-    from agents.training import load_run
+    from agents.common.base import text_env
+    from agents.common.training import load_run
 
     _, agent, env = load_run(args.run, checkpoint=args.checkpoint)
     try:
@@ -543,9 +543,9 @@ def _quiet_libraries() -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a user can fix from the command line: one line, exit code 2."""
-    from agents.hyperparams import ConfigError
+    from agents.common.config import ConfigError
+    from agents.common.training import RunFolderError, RunSetupError
     from agents.registry import UnknownAgentError, UnknownOptionError
-    from agents.training import RunFolderError, RunSetupError
     from lm_gym.envs.core import EpisodeError
 
     return (
@@ -571,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors the user can fix (unknown names, bad options, a set-up that fails, a run folder that
     cannot be used) print one line ``lm-gym <command>: error: ...`` and exit with 2; ``--debug``
     raises them with their traceback instead. Ctrl-C exits with 130 without a traceback (train
-    first saves nothing half-written: see :func:`agents.training.train_run`).
+    first saves nothing half-written: see :func:`agents.common.training.train_run`).
 
     :param argv: arguments (default: ``sys.argv[1:]``).
     :return: the exit code (0 ok, 2 user error, 130 interrupted by SIGINT, 143 by SIGTERM).
@@ -607,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as exc:
         if args.debug:
             raise
-        from agents.training import RunSetupError
+        from agents.common.training import RunSetupError
 
         hint = " (--debug shows the traceback)" if isinstance(exc, RunSetupError) else ""
         print(f"lm-gym {args.command}: error: {_one_line(exc)}{hint}", file=sys.stderr)

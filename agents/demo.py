@@ -49,7 +49,7 @@ def _episodes(agent: Any, env: Any, seeds: Sequence[int], deterministic: bool = 
 
 
 def _mean_reward(agent: Any, env_id: str, episodes: int, deterministic: bool = False) -> float:
-    from agents.evaluation import evaluate_agent
+    from agents.common.evaluation import evaluate_agent
 
     result = evaluate_agent(
         agent, env_id, n_episodes=episodes, seed=50_000, deterministic=deterministic
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     import lm_gym
-    from agents.base import SB3Agent
+    from agents.common.base import SB3Agent
     from agents.registry import make_agent
 
     hf_logging.disable_progress_bar()
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"    mean reward after {args.steps} steps ({time.perf_counter() - t0:.0f} s): {after:.3f}"
     )
     try:
-        from agents.mdp import is_enumerable, optimal_return
+        from agents.tabular.mdp import is_enumerable, optimal_return
 
         if is_enumerable(args.env):
             best = optimal_return(args.env)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.policies import lm_network
+from agents.networks.policies import lm_network
 
 __all__ = ["export_pretrained"]
 
@@ -25,7 +25,8 @@ def export_pretrained(
     """Write the policy's causal LM (trunk and LM head, no value head) as a HF folder.
 
     :param model_or_policy: an SB3 algorithm (``model.policy`` is used), a policy of
-        :mod:`agents.policies` (DQN: the online Q-network), or a :class:`CausalLMActorCritic`.
+        :mod:`agents.networks.policies` (DQN: the online Q-network), or a
+        :class:`CausalLMActorCritic`.
     :param folder: output folder (created).
     :param tokenizer: ``None`` (no tokenizer files), a tokenizer name for
         :func:`lm_gym.models.load_tokenizer` (e.g. ``"gpt2"``), or a tokenizer object.

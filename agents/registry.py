@@ -1,8 +1,8 @@
 """The agent registry: names to factories, and third-party agents discovered through entry points.
 
 Every agent of the zoo (see :mod:`agents.zoo`) and every plug-in is a *factory*: a callable
-``factory(env, **kwargs)`` that returns an object meeting the :class:`agents.base.Agent` protocol
-(``learn``, ``predict``, ``save``, ``load``)::
+``factory(env, **kwargs)`` that returns an object meeting the :class:`agents.common.base.Agent`
+protocol (``learn``, ``predict``, ``save``, ``load``)::
 
     from agents.registry import list_agents, make_agent, register_agent
 
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from agents.base import Agent
+    from agents.common.base import Agent
 
 #: The entry point group that third-party agents use.
 ENTRY_POINT_GROUP = "lm_gym.agents"
@@ -148,7 +148,8 @@ def register_agent(
     """Register an agent factory under a name.
 
     :param name: the registry name, a non-empty string without whitespace.
-    :param factory: ``factory(env, **kwargs)`` returning an :class:`~agents.base.Agent`; a class
+    :param factory: ``factory(env, **kwargs)`` returning an :class:`~agents.common.base.Agent`; a
+    class
         whose constructor takes the env first works as is.
     :param summary: one line for ``lm-gym agents`` (default: the factory's docstring, first line).
     :param defaults: keyword arguments applied before the caller's.

@@ -3,37 +3,37 @@
 =================  ==========================================================================
 name               agent
 =================  ==========================================================================
-``random``         uniformly random tokens (:class:`agents.baselines.RandomAgent`)
-``greedy``         the untrained LM, greedy decoding (:class:`agents.baselines.LMDecodingAgent`)
+``random``         uniformly random tokens (:class:`agents.decoding.RandomAgent`)
+``greedy``         the untrained LM, greedy decoding (:class:`agents.decoding.LMDecodingAgent`)
 ``sample``         the untrained LM, sampling with temperature, top-k, top-p
-``beam``           the untrained LM, token-level beam search (:class:`agents.baselines.BeamSearchAgent`)
-``supervised``     fine-tuning on the task's references (:class:`agents.supervised.SupervisedAgent`)
-``tabular-q``      tabular Q-learning, epsilon-greedy or softmax (:class:`agents.tabular.QLearning`)
-``tabular-reinforce``  tabular REINFORCE with/without baseline (:class:`agents.tabular.Reinforce`)
-``reinforce``      REINFORCE with a causal-LM policy, with/without baseline (:class:`agents.reinforce.LMReinforce`)
-``ppo``            PPO (episode-level updates, :class:`agents.ppo.EpisodePPO`) + LM actor-critic
-``a2c``            A2C + LM actor-critic
-``trpo``           sb3-contrib TRPO + LM actor-critic
-``nlpo``           sb3-contrib MaskablePPO + LM with NLPO top-p masking
-``dqn``            DQN + LM Q-network
-=================  ==========================================================================
+``beam``           the untrained LM, token-level beam search
+(:class:`agents.decoding.BeamSearchAgent`) ``supervised``     fine-tuning on the task's references
+(:class:`agents.algorithms.supervised.SupervisedAgent`) ``tabular-q``      tabular Q-learning,
+epsilon-greedy or softmax (:class:`agents.tabular.learning.QLearning`) ``tabular-reinforce``
+tabular REINFORCE with/without baseline (:class:`agents.tabular.learning.Reinforce`) ``reinforce``
+REINFORCE with a causal-LM policy, with/without baseline
+(:class:`agents.algorithms.reinforce.LMReinforce`) ``ppo``            PPO (episode-level updates,
+:class:`agents.algorithms.ppo.EpisodePPO`) + LM actor-critic ``a2c``            A2C + LM
+actor-critic ``trpo``           sb3-contrib TRPO + LM actor-critic ``nlpo``           sb3-contrib
+MaskablePPO + LM with NLPO top-p masking ``dqn``            DQN + LM Q-network =================
+==========================================================================
 
 Every LM agent takes ``model`` (a causal LM name or folder; ``"gpt2"`` offline falls back to the
-built-in tiny GPT-2) and ``warm_start`` (``True`` or options of :func:`agents.supervised.warm_start`:
-the model is first fine-tuned on the task's references, RL4LMs' supervised + RL). A learning rate of
-``"auto"`` picks 1e-3 for a randomly initialised built-in model (tests, CPU examples) and 1e-5 for a
-pretrained one (SB3's 3e-4 is far above LM fine-tuning practice). The SB3 agents take every option of
-their algorithm (``n_steps``, ``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL
-penalty to the starting model (``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
-:class:`agents.kl.KLPenaltyCallback` after each rollout, :class:`agents.kl.KLPenaltyVecEnv` in the env
-for DQN; ``lm-gym train --resume`` continues its adaptive coefficient) and ``reward_scale`` (the
-training envs' rewards are multiplied by it, a Gymnasium ``TransformReward`` around SB3's
-``Monitor``, so logged episode rewards and every evaluation stay in the task's units: 0.01 puts
-chrF's 0-100 on the 0-1 scale that a recipe's KL coefficient and a critic sharing the LM's trunk
-expect). An
-episode that reaches the env's token budget ends in a terminal state for every SB3 agent: no
-``gamma * V`` bootstrap as after a time limit (:mod:`agents.budget`; ``bootstrap_at_budget=True``
-restores SB3's behaviour). The
+built-in tiny GPT-2) and ``warm_start`` (``True`` or options of
+:func:`agents.algorithms.supervised.warm_start`: the model is first fine-tuned on the task's
+references, RL4LMs' supervised + RL). A learning rate of ``"auto"`` picks 1e-3 for a randomly
+initialised built-in model (tests, CPU examples) and 1e-5 for a pretrained one (SB3's 3e-4 is far
+above LM fine-tuning practice). The SB3 agents take every option of their algorithm (``n_steps``,
+``batch_size``, ...) plus ``policy_kwargs``, ``n_envs`` and a KL penalty to the starting model
+(``kl_coef``, ``kl_target``, ``kl_horizon``, ``kl_min_coef``:
+:class:`agents.algorithms.kl.KLPenaltyCallback` after each rollout,
+:class:`agents.algorithms.kl.KLPenaltyVecEnv` in the env for DQN; ``lm-gym train --resume``
+continues its adaptive coefficient) and ``reward_scale`` (the training envs' rewards are multiplied
+by it, a Gymnasium ``TransformReward`` around SB3's ``Monitor``, so logged episode rewards and every
+evaluation stay in the task's units: 0.01 puts chrF's 0-100 on the 0-1 scale that a recipe's KL
+coefficient and a critic sharing the LM's trunk expect). An episode that reaches the env's token
+budget ends in a terminal state for every SB3 agent: no ``gamma * V`` bootstrap as after a time
+limit (:mod:`agents.algorithms.budget`; ``bootstrap_at_budget=True`` restores SB3's behaviour). The
 GPT-2 policies are imported inside the factories, so this module imports without them.
 
 Tabular agents act over a restricted action set on GPT-2-vocabulary envs: ``actions="auto"`` takes
@@ -54,7 +54,7 @@ from typing import Any, cast
 
 import gymnasium as gym
 
-from agents.base import SB3Agent, fresh_env, model_for_env, resolve_device, stop_ids
+from agents.common.base import SB3Agent, fresh_env, model_for_env, resolve_device, stop_ids
 from agents.registry import UnknownOptionError, register_agent
 
 __all__ = ["SB3_ALGORITHMS", "auto_learning_rate", "restricted_actions"]
@@ -70,7 +70,7 @@ def is_random_init(model: str) -> bool:
 
     :param model: a model name or folder.
     """
-    from agents.supervised import base_model_name
+    from agents.algorithms.supervised import base_model_name
     from lm_gym.models import GPT2_TOKENIZER_NAMES, hub_reachable, is_builtin_random
 
     base = base_model_name(model)
@@ -103,8 +103,8 @@ def auto_learning_rate(
 def _resolve_model(
     model: str, env: gym.Env, warm_start: bool | Mapping[str, Any] | None, seed: int | None
 ) -> str:
-    from agents.supervised import warm_start as run_warm_start
-    from agents.supervised import warm_start_options
+    from agents.algorithms.supervised import warm_start as run_warm_start
+    from agents.algorithms.supervised import warm_start_options
 
     options = warm_start_options(warm_start)
     model = model_for_env(model, env)
@@ -121,7 +121,7 @@ def restricted_actions(env: gym.Env, max_actions: int = 32) -> list[int]:
     :param max_actions: the size of the set (the whole vocabulary when it is not larger).
     :return: the stop tokens, then the most frequent tokens of the task's demonstrations.
     """
-    from agents.supervised import demonstrations
+    from agents.algorithms.supervised import demonstrations
 
     n = int(cast(gym.spaces.Discrete, env.action_space).n)
     if n <= max_actions:
@@ -145,8 +145,8 @@ def _make_lm_agent(
 
     Each factory spells out its options in its signature (the registry checks config keys
     against it) and passes its ``locals()`` here, so the options reach the agent under the same
-    names. The model is resolved for the env (:func:`agents.base.model_for_env`) and warm-started
-    when ``warm_start`` asks; an ``"auto"`` learning rate is resolved for it.
+    names. The model is resolved for the env (:func:`agents.common.base.model_for_env`) and
+    warm-started when ``warm_start`` asks; an ``"auto"`` learning rate is resolved for it.
 
     :param cls_path: ``"module.Class"`` of the agent (imported here, not at module import).
     :param options: the factory's ``locals()``: ``env``, ``model``, maybe ``warm_start``, and the
@@ -178,7 +178,7 @@ def make_random(env: gym.Env, seed: int | None = None, verbose: int = 0) -> Any:
     :param seed: seeds the draws.
     :param verbose: unused.
     """
-    from agents.baselines import RandomAgent
+    from agents.decoding import RandomAgent
 
     return RandomAgent(env, seed=seed, verbose=verbose)
 
@@ -200,7 +200,7 @@ def make_greedy(
     :param seed: recorded.
     :param verbose: unused.
     """
-    return _make_lm_agent("agents.baselines.LMDecodingAgent", locals(), greedy=True)
+    return _make_lm_agent("agents.decoding.LMDecodingAgent", locals(), greedy=True)
 
 
 def make_sample(
@@ -226,7 +226,7 @@ def make_sample(
     :param seed: seeds the sampling.
     :param verbose: unused.
     """
-    return _make_lm_agent("agents.baselines.LMDecodingAgent", locals())
+    return _make_lm_agent("agents.decoding.LMDecodingAgent", locals())
 
 
 def make_beam(
@@ -252,7 +252,7 @@ def make_beam(
     :param seed: recorded.
     :param verbose: unused.
     """
-    return _make_lm_agent("agents.baselines.BeamSearchAgent", locals())
+    return _make_lm_agent("agents.decoding.BeamSearchAgent", locals())
 
 
 def make_supervised(
@@ -284,7 +284,7 @@ def make_supervised(
     :param seed: seeds the example order and the sampling.
     :param verbose: 1 prints the loss.
     """
-    return _make_lm_agent("agents.supervised.SupervisedAgent", locals(), supervised=True)
+    return _make_lm_agent("agents.algorithms.supervised.SupervisedAgent", locals(), supervised=True)
 
 
 # -- tabular --------------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ _TABULAR_CLASSES: dict[str, type] = {}
 
 def _tabular(name: str) -> type:
     if name not in _TABULAR_CLASSES:
-        from agents import tabular
+        from agents.tabular import learning as tabular
 
         _TABULAR_CLASSES[name] = _tabular_class(getattr(tabular, name))
     return _TABULAR_CLASSES[name]
@@ -330,8 +330,9 @@ def _actions(
 
 
 def _make_tabular_agent(name: str, options: dict[str, Any]) -> Any:
-    """The body of a tabular factory: the zoo's class of ``agents.tabular.<name>`` built from the
-    factory's ``locals()`` (``actions`` resolved with ``max_actions``; ``verbose`` is unused).
+    """The body of a tabular factory: the zoo's class of ``agents.tabular.learning.<name>`` built
+    from the factory's ``locals()`` (``actions`` resolved with ``max_actions``; ``verbose`` is
+    unused).
 
     :param name: ``"QLearning"`` or ``"Reinforce"``.
     :param options: the factory's ``locals()``.
@@ -434,7 +435,7 @@ def make_reinforce(
     :param seed: random seed.
     :param verbose: 1 prints a line per update.
     """
-    return _make_lm_agent("agents.reinforce.LMReinforce", locals())
+    return _make_lm_agent("agents.algorithms.reinforce.LMReinforce", locals())
 
 
 # -- stable-baselines3 ----------------------------------------------------------------------------
@@ -442,11 +443,11 @@ def make_reinforce(
 
 def _algo_class(name: str) -> type[Any]:
     if name == "ppo":
-        from agents.ppo import EpisodePPO
+        from agents.algorithms.ppo import EpisodePPO
 
         return EpisodePPO
     if name in GROUP_ALGORITHMS:
-        from agents.grpo import GroupRelativePPO
+        from agents.algorithms.grpo import GroupRelativePPO
 
         return GroupRelativePPO
     if name == "a2c":
@@ -469,7 +470,7 @@ def _algo_class(name: str) -> type[Any]:
 
 
 def _policy_class(name: str) -> type:
-    from agents import policies
+    from agents.networks import policies
 
     if name == "dqn":
         return policies.LMDQNPolicy
@@ -504,7 +505,8 @@ _EXTRA_OPTIONS = {
     "grpo": ("episode_eval", "episode_minibatches"),
     "rloo": ("episode_eval", "episode_minibatches"),
 }
-#: The group-relative, critic-free agents (agents.grpo.GroupRelativePPO) and their advantage.
+#: The group-relative, critic-free agents (agents.algorithms.grpo.GroupRelativePPO) and their
+#: advantage.
 GROUP_ALGORITHMS = {"grpo": "grpo", "rloo": "rloo"}
 
 
@@ -596,7 +598,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
         venv = _vec_env(env, int(n_envs), reward_scale)
         if name in GROUP_ALGORITHMS:
-            from agents.grpo import GroupedResetVecEnv
+            from agents.algorithms.grpo import GroupedResetVecEnv
 
             pk.setdefault("value_head", False)  # critic-free
             algo_kwargs["advantage"] = GROUP_ALGORITHMS[name]
@@ -605,16 +607,16 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
                 # LM with its adapters off is that model already, without a second copy)
                 algo_kwargs.setdefault("kl_reference", model)
             group_size = int(algo_kwargs.setdefault("group_size", 4))
-            venv = GroupedResetVecEnv(venv, group_size)  # innermost: see agents.grpo
+            venv = GroupedResetVecEnv(venv, group_size)  # innermost: see agents.algorithms.grpo
         if name == "ppo" or name in GROUP_ALGORITHMS:  # EpisodePPO decides it itself
             algo_kwargs["bootstrap_at_budget"] = bool(bootstrap_at_budget)
         elif not bootstrap_at_budget:
-            from agents.budget import TerminalAtBudgetVecEnv
+            from agents.algorithms.budget import TerminalAtBudgetVecEnv
 
             venv = TerminalAtBudgetVecEnv(venv)
         callbacks: list[Any] = []
         if kl_coef > 0 or kl_target is not None:
-            from agents import kl
+            from agents.algorithms import kl
 
             kl_kwargs: dict[str, Any] = {
                 "coef": kl_coef,
@@ -629,7 +631,7 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
                 callbacks.append(kl.KLPenaltyCallback(**kl_kwargs))
         learn_kwargs: dict[str, Any] = {}
         if name == "nlpo":
-            from agents.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
+            from agents.algorithms.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
 
             algo_kwargs.setdefault("rollout_buffer_class", NLPORolloutBuffer)
             callbacks.append(NLPOMaskUpdateCallback(int(extra.get("mask_update_every", 4))))

@@ -340,8 +340,9 @@ def make_ppo(
     group_size: int = 0,
     lora: dict[str, Any] | None = None,
 ) -> Any:
-    """An :class:`agents.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without outputs;
-    with ``group_size`` a :class:`agents.grpo.GroupRelativePPO` (GRPO, no value head).
+    """An :class:`agents.algorithms.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without
+    outputs; with ``group_size`` a :class:`agents.algorithms.grpo.GroupRelativePPO` (GRPO, no value
+    head).
 
     :param env: the vector env.
     :param model_name: a built-in model name, hub id or folder.
@@ -354,14 +355,14 @@ def make_ppo(
     :param learning_rate: learning rate.
     :param episode_eval: EpisodePPO's episode-level update (False: stock evaluation).
     :param group_size: 0 for PPO; ``G >= 2`` for GRPO with groups of ``G`` envs (the envs are
-        wrapped in :class:`agents.grpo.GroupedResetVecEnv` when learning starts).
+        wrapped in :class:`agents.algorithms.grpo.GroupedResetVecEnv` when learning starts).
     :param lora: LoRA adapter options (``policy_kwargs["lora"]``), or ``None``.
     """
     from stable_baselines3.common.logger import Logger
 
-    from agents.grpo import GroupRelativePPO
-    from agents.policies import LMActorCriticPolicy
-    from agents.ppo import EpisodePPO
+    from agents.algorithms.grpo import GroupRelativePPO
+    from agents.algorithms.ppo import EpisodePPO
+    from agents.networks.policies import LMActorCriticPolicy
 
     policy_kwargs: dict[str, Any] = {"model": model_name, "kv_cache": kv_cache}
     if lora is not None:

@@ -1,4 +1,5 @@
-"""Batched vs one-at-a-time evaluation: :func:`agents.evaluation.evaluate_agent` with ``n_envs``.
+"""Batched vs one-at-a-time evaluation: :func:`agents.common.evaluation.evaluate_agent` with
+``n_envs``.
 
 The same agent kind (built afresh with the same seed for each timing) plays the same episodes of
 ``LMText-v0``'s train split (episode ``i`` is sample ``i``), sampled (``deterministic=False``),
@@ -31,7 +32,7 @@ import gymnasium as gym
 import torch
 
 import lm_gym  # noqa: F401  (registers the ids)
-from agents.evaluation import evaluate_agent
+from agents.common.evaluation import evaluate_agent
 from agents.registry import make_agent
 from lm_gym.models import tokenizer_name_for_model
 

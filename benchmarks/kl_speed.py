@@ -3,18 +3,20 @@
 Four ways to collect one PPO rollout (``n_envs x new_tokens`` sampled tokens) with the same
 policy (one object, shared), in the same run, alternately, ``--repeats`` times each:
 
-* no KL: :class:`agents.ppo.EpisodePPO`'s rollout alone (the policy's KV-cached steps, the env,
-  the buffer): the rollout's own cost.
+* no KL: :class:`agents.algorithms.ppo.EpisodePPO`'s rollout alone (the policy's KV-cached steps,
+  the env, the buffer): the rollout's own cost.
 * per-step KL, before: the penalty as SB3's on-policy algorithms applied it before the
-  after-rollout penalty: a :class:`agents.kl.KLPenaltyVecEnv` that reuses the logits of the
-  policy's rollout forward for ``log pi`` (that side channel is gone from the library; this script
-  captures the logits itself) and runs one KV-cached token step of the reference per env step.
-* after-rollout KL, now: :class:`agents.kl.KLPenaltyCallback`: after the rollout, the
+  after-rollout penalty: a :class:`agents.algorithms.kl.KLPenaltyVecEnv` that reuses the logits of
+  the policy's rollout forward for ``log pi`` (that side channel is gone from the library; this
+  script captures the logits itself) and runs one KV-cached token step of the reference per env
+  step.
+* after-rollout KL, now: :class:`agents.algorithms.kl.KLPenaltyCallback`: after the rollout, the
   reference's log-probabilities of the rollout's actions in packed full-sequence forwards (one per
   episode segment), ``log pi`` from the buffer, the penalty subtracted from the buffer's rewards and
   the advantages recomputed.
-* per-step KL, env-side: :class:`agents.kl.KLPenaltyVecEnv` as it is now (for DQN and users' own
-  loops): a KV-cached token step of the policy's network *and* of the reference per env step.
+* per-step KL, env-side: :class:`agents.algorithms.kl.KLPenaltyVecEnv` as it is now (for DQN and
+  users' own loops): a KV-cached token step of the policy's network *and* of the reference per env
+  step.
 
 All use one frozen reference (a copy of the policy's starting LM, made once) and the same
 coefficient. Printed: tokens/s of each (wall and CPU time of the process), seconds per rollout,
@@ -50,8 +52,8 @@ from bench_common import (
     timed_cpu,
 )
 
-from agents.kl import KLPenaltyCallback, KLPenaltyVecEnv, KLPenaltyVecEnvCallback
-from agents.network import CausalLMActorCritic
+from agents.algorithms.kl import KLPenaltyCallback, KLPenaltyVecEnv, KLPenaltyVecEnvCallback
+from agents.networks.actor_critic import CausalLMActorCritic
 
 KINDS = ("none", "before", "after", "env")
 LABELS = {
@@ -82,7 +84,7 @@ class PerStepReusingLogits(KLPenaltyVecEnv):
 
     :param venv: the vector env.
     :param net: the policy's network (its ``logits_from_hidden`` is wrapped to keep the output).
-    :param kwargs: :class:`agents.kl.KLPenaltyVecEnv`'s options.
+    :param kwargs: :class:`agents.algorithms.kl.KLPenaltyVecEnv`'s options.
     """
 
     def __init__(self, venv: Any, net: CausalLMActorCritic, **kwargs: Any) -> None:

@@ -5,7 +5,8 @@ by default ``LMText-v0`` (continue a movie-review opening; VADER sentiment rewar
 ``smollm2-135m`` (the offline SmolLM2-135M-Instruct). It
 
 1. evaluates the starting model (the untrained agent: its policy *is* the pretrained LM),
-2. trains the agent as an ``lm-gym train`` run folder (:func:`agents.training.train_run`) with the
+2. trains the agent as an ``lm-gym train`` run folder (:func:`agents.common.training.train_run`)
+  with the
    recipe of ``agents/configs/<agent>.yaml`` for that model (its ``models:`` section) plus
    ``--set`` overrides,
 3. evaluates the trained agent the same way,
@@ -18,12 +19,12 @@ perplexity of at most ``--max-ppl-ratio`` (1.2) times the start's.
 
 With ``--warm-start`` (RL4LMs' "supervised + PPO" protocol, for ``LMSummarize-v0`` and
 ``LMTranslate-v0``) the model is first fine-tuned on the train split's references
-(:func:`agents.supervised.warm_start`, saved in ``--out``/``warm_start``); that model is evaluated
-as a phase of its own and the RL agent starts from it (its KL reference is the warm start; the
-perplexity and KL columns stay against the starting model). ``--greedy`` adds a greedy evaluation of
-every phase (zero-shot greedy is the usual baseline of those tasks). The table gives every metric
-the task reports (``metric/...``: ROUGE-1/2/L/Lsum, chrF/BLEU/TER), so that a gain on the optimised
-metric that lowers the others is visible.
+(:func:`agents.algorithms.supervised.warm_start`, saved in ``--out``/``warm_start``); that model is
+evaluated as a phase of its own and the RL agent starts from it (its KL reference is the warm start;
+the perplexity and KL columns stay against the starting model). ``--greedy`` adds a greedy
+evaluation of every phase (zero-shot greedy is the usual baseline of those tasks). The table gives
+every metric the task reports (``metric/...``: ROUGE-1/2/L/Lsum, chrF/BLEU/TER), so that a gain on
+the optimised metric that lowers the others is visible.
 
 Evaluation: every prompt of the ``--eval-splits`` (default ``validation`` and ``test``: prompts
 never trained on), ``--eval-repeats`` samples each (different sampling seeds), ``predict`` with
@@ -145,8 +146,8 @@ def evaluate(
     """
     import torch
 
-    from agents.evaluation import EvalResult, evaluate_agent
-    from agents.training import make_run_env
+    from agents.common.evaluation import EvalResult, evaluate_agent
+    from agents.common.training import make_run_env
 
     episodes = []
     act_time = wall_time = 0.0
@@ -282,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from agents.hyperparams import parse_overrides, resolve_run_config
-    from agents.training import build_agent, load_run, make_run_env, train_run
+    from agents.common.config import parse_overrides, resolve_run_config
+    from agents.common.training import build_agent, load_run, make_run_env, train_run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rl_start = before
     warm_time = 0.0
     if args.warm_start:
-        from agents.supervised import warm_start
+        from agents.algorithms.supervised import warm_start
 
         t1 = time.perf_counter()
         folder = warm_start(

@@ -3,8 +3,8 @@
 Four figures, all in one run, on one env id and one model (default ``LMCountUp-v0``, 12 new
 tokens, and the built-in tiny GPT-2):
 
-* ``sb3``: stock SB3 ``PPO`` with :class:`agents.policies.LMActorCriticPolicy` (KV-cached) collecting
-  rollouts (``collect_rollouts``) from ``--envs`` envs in this process: the reference.
+* ``sb3``: stock SB3 ``PPO`` with :class:`agents.networks.policies.LMActorCriticPolicy` (KV-cached)
+  collecting rollouts (``collect_rollouts``) from ``--envs`` envs in this process: the reference.
 * ``rllib R runners``: RLlib PPO's sampling step (``synchronous_parallel_sample``, episodes shipped
   back to the driver) with :class:`agents.rllib.LMRLModule` on ``R`` env runners of ``--envs``
   envs each, for each ``R`` of ``--runners`` (default 1 and 2): the ratio to ``sb3`` and the
@@ -76,7 +76,7 @@ def sb3_sampler(env_id: str, model: str, n_envs: int, steps: int, seed: int = 0)
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.policies import LMActorCriticPolicy
+    from agents.networks.policies import LMActorCriticPolicy
     from agents.rllib import qualified_env_id
     from lm_gym.envs import env_kwargs_for_model
 

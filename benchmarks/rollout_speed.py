@@ -6,12 +6,12 @@ alternately, ``--repeats`` times each (the full recompute ``--full-repeats`` tim
 * ``generate()``: Hugging Face ``model.generate`` with its KV cache, on the prompts the envs are
   about to start (left-padded batch), sampling from the full distribution (``top_k=0``) for exactly
   ``new_tokens`` tokens (``min_new_tokens``): the reference.
-* EpisodePPO rollout, KV cache: lm-gym's PPO (:class:`agents.ppo.EpisodePPO`): SB3's rollout loop
-  (one step per token: policy forward, env step, reward at episode end, rollout buffer) with
-  :class:`agents.policies.LMActorCriticPolicy` keeping each env's ``past_key_values`` across
-  steps. At the token budget it bootstraps no value (the state is terminal, :mod:`agents.budget`);
-  with ``--bootstrap-at-budget`` it does, as SB3 does, batched through that cache: the difference
-  between the two runs is what the bootstraps cost.
+* EpisodePPO rollout, KV cache: lm-gym's PPO (:class:`agents.algorithms.ppo.EpisodePPO`): SB3's
+  rollout loop (one step per token: policy forward, env step, reward at episode end, rollout buffer)
+  with :class:`agents.networks.policies.LMActorCriticPolicy` keeping each env's ``past_key_values``
+  across steps. At the token budget it bootstraps no value (the state is terminal,
+  :mod:`agents.algorithms.budget`); with ``--bootstrap-at-budget`` it does, as SB3 does, batched
+  through that cache: the difference between the two runs is what the bootstraps cost.
 * SB3 PPO rollout, KV cache: the same policy under stock ``PPO.collect_rollouts`` (one batch-1,
   full-window ``predict_values`` per truncated episode, the budget's included).
 * SB3 PPO rollout, no cache: the same policy with its cache switched off (``policy.kv_cache =
@@ -57,7 +57,7 @@ from bench_common import (
 )
 from stable_baselines3 import PPO
 
-from agents.ppo import EpisodePPO
+from agents.algorithms.ppo import EpisodePPO
 
 TARGET = 0.8
 
@@ -156,7 +156,7 @@ def profile_groups() -> dict[str, Any]:
     from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
     from stable_baselines3.common.vec_env import VecEnv
 
-    from agents.network import CausalLMActorCritic, RolloutKVCache
+    from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 
     return {
         "transformer trunk": CausalLMActorCritic.run_trunk,

@@ -1,14 +1,14 @@
 """Benchmark agents x env ids x seeds: JSON, CSV, Markdown tables (RL Zoo columns) and learning curves.
 
-Every (agent, env id, seed) is a training run folder (:func:`agents.training.train_run`, the same as
-``lm-gym train``) followed by an evaluation on the env's test split
-(:func:`agents.evaluation.evaluate_agent`). The tables have RL Zoo's columns (algo, env_id,
+Every (agent, env id, seed) is a training run folder (:func:`agents.common.training.train_run`, the
+same as ``lm-gym train``) followed by an evaluation on the env's test split
+(:func:`agents.common.evaluation.evaluate_agent`). The tables have RL Zoo's columns (algo, env_id,
 mean_reward, std_reward, n_timesteps, eval_episodes), then each task's metrics (sentiment, chrF,
 BLEU, ROUGE, ...), the perplexity of the outputs under the reference LM (the agent's starting
 model), the KL of the policy to it, ``corpus_distinct-1``/``-2`` (distinct n-grams of all the texts
 pooled; a task's own ``distinct-1`` column is the per-text score averaged), wall time and tokens per
 second. For envs with an exact solution (``LMToy-v0``, ``LMWordSort-v0``), ``optimum`` is the mean
-return as a fraction of the exact optimal return (:func:`agents.mdp.optimal_return`).
+return as a fraction of the exact optimal return (:func:`agents.tabular.mdp.optimal_return`).
 
 Usage::
 
@@ -116,7 +116,7 @@ def _registered(env_ids: Sequence[str]) -> list[str]:
 def _optimal(env_id: str) -> float | None:
     """The exact optimal return of an enumerable env, or ``None``."""
     try:
-        from agents.mdp import is_enumerable, optimal_return
+        from agents.tabular.mdp import is_enumerable, optimal_return
     except ImportError:
         return None
     try:
@@ -151,11 +151,11 @@ def run_one(
     :param overrides: options over the config.
     :param progress: progress bars.
     """
-    from agents.evaluation import evaluate_agent
-    from agents.hyperparams import resolve_run_config
+    from agents.algorithms.supervised import base_model_name
+    from agents.common.config import resolve_run_config
+    from agents.common.evaluation import evaluate_agent
+    from agents.common.training import train_run
     from agents.registry import agent_spec
-    from agents.supervised import base_model_name
-    from agents.training import train_run
 
     spec = agent_spec(agent)
     names = spec.option_names()
@@ -176,7 +176,7 @@ def run_one(
     outcome = train_run(config, out_dir, progress=progress, overwrite=True)
     reference = config.hyperparams.get("model") or model or "gpt2"
     reference = base_model_name(reference) if isinstance(reference, str) else "gpt2"
-    from agents.training import load_run
+    from agents.common.training import load_run
 
     _, trained, env = load_run(out_dir, split="test")
     result = evaluate_agent(trained, env, n_episodes=eval_episodes, reference=reference)
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parse_args(argv)
     import lm_gym
-    from agents.hyperparams import parse_overrides
+    from agents.common.config import parse_overrides
     from agents.registry import list_agents
 
     if args.threads:

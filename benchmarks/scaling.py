@@ -2,9 +2,9 @@
 
 One model, one env; for every point of ``--envs`` (at ``--new-tokens-at``) and of ``--new-tokens``
 (at ``--envs-at``), a fresh process runs one warm-up iteration and one timed iteration of the
-zoo's PPO update path (:class:`agents.ppo.EpisodePPO`, whole-episode minibatches, rollouts of one
-episode length per env) with the after-rollout KL penalty to a frozen reference
-(:class:`agents.kl.KLPenaltyCallback`): rollout + KL + update. Printed per point:
+zoo's PPO update path (:class:`agents.algorithms.ppo.EpisodePPO`, whole-episode minibatches,
+rollouts of one episode length per env) with the after-rollout KL penalty to a frozen reference
+(:class:`agents.algorithms.kl.KLPenaltyCallback`): rollout + KL + update. Printed per point:
 
 * training tokens/s (the iteration's env steps over its wall time) and, measured in the same
   process, HF ``generate()``'s tokens/s on the same prompts: their ratio;
@@ -76,7 +76,7 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     from bench_common import make_ppo, make_vec_env, peak_memory, setup_torch
     from rollout_speed import generate_batch
 
-    from agents.kl import KLPenaltyCallback
+    from agents.algorithms.kl import KLPenaltyCallback
 
     device = setup_torch(args)
     env = make_vec_env(args.env, n_envs, args.seed, model=args.model, max_new_tokens=new_tokens)

@@ -14,7 +14,8 @@ opening, VADER sentiment reward), with lm-gym's GRPO recipe for that model
   (``max_new_tokens``), temperature 1, no top-k/top-p, the env's EOS (and only it) ends a
   completion early;
 * LoRA: ``peft`` r 16, alpha 32, dropout 0, ``all-linear`` target modules (lm-gym's
-  ``agents.network.LORA_DEFAULTS``); the KL reference is the model with the adapters off;
+  ``agents.networks.actor_critic.LORA_DEFAULTS``); the KL reference is the model with the adapters
+  off;
 * optimisation: lr 2e-4 constant, Adam (weight decay 0, eps 1e-5 as SB3), gradient norm clip
   0.5, clip range 0.2 (``epsilon``), group-normalised advantages (``scale_rewards="group"``),
   token-level loss (``loss_type="dapo"``: the mean over the minibatch's tokens, as lm-gym's PPO
@@ -219,7 +220,7 @@ def train_trl(args: argparse.Namespace, env: Any, model_dir: Path, work_dir: Pat
     from trl import GRPOConfig, GRPOTrainer
     from vs_trl import env_reward_func
 
-    from agents.network import LORA_DEFAULTS
+    from agents.networks.actor_critic import LORA_DEFAULTS
     from lm_gym.models import load_causal_lm
 
     rows = train_prompts(env)
@@ -324,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from real_model_quality import evaluate, markdown, plot_curve
 
-    from agents.hyperparams import resolve_run_config
-    from agents.training import build_agent, make_run_env
+    from agents.common.config import resolve_run_config
+    from agents.common.training import build_agent, make_run_env
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 
 One rollout is collected with the GPT-2 policy; then the same update (same rollout, same initial
 parameters and optimizer state, same epochs and minibatch order) is run with SB3's stock
-``PPO.train`` (one full-window forward per transition) and with :class:`agents.ppo.EpisodePPO`,
-alternately, ``--repeats`` times each. The ratio of the medians is printed with the peak memory of
-each update (RSS on CPU, allocated CUDA memory on GPU). Target: at least 10x at 48-token episodes.
+``PPO.train`` (one full-window forward per transition) and with
+:class:`agents.algorithms.ppo.EpisodePPO`, alternately, ``--repeats`` times each. The ratio of the
+medians is printed with the peak memory of each update (RSS on CPU, allocated CUDA memory on GPU).
+Target: at least 10x at 48-token episodes.
 
 Usage::
 
@@ -43,7 +44,7 @@ from bench_common import (
 )
 from stable_baselines3 import PPO
 
-from agents.ppo import EpisodePPO
+from agents.algorithms.ppo import EpisodePPO
 
 TARGET = 10.0
 
@@ -110,9 +111,9 @@ def learning_run(
     """
     import time
 
-    from agents.evaluation import evaluate_agent
-    from agents.hyperparams import resolve_run_config
-    from agents.training import build_agent, make_run_env
+    from agents.common.config import resolve_run_config
+    from agents.common.evaluation import evaluate_agent
+    from agents.common.training import build_agent, make_run_env
 
     config = resolve_run_config(
         env_id,

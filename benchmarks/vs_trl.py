@@ -5,12 +5,12 @@ their config with the real GPT-2 tokenizer), in the same process, alternating on
 each, ``--iterations`` timed iterations per side after ``--warmup`` untimed ones. Same work per
 iteration:
 
-* lm-gym (``--agents``, both by default): ``ppo`` is :class:`agents.ppo.EpisodePPO` with
-  :class:`agents.policies.LMActorCriticPolicy` (KV-cached rollouts, value head); ``grpo`` is
-  :class:`agents.grpo.GroupRelativePPO` with one group of ``n`` envs (the same prompt for all, as
-  TRL's group) and no value head; ``grpo-lora`` the same training LoRA adapters (r 16) only. On
-  ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1
-  minibatch, one optimizer step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
+* lm-gym (``--agents``, both by default): ``ppo`` is :class:`agents.algorithms.ppo.EpisodePPO` with
+  :class:`agents.networks.policies.LMActorCriticPolicy` (KV-cached rollouts, value head); ``grpo``
+  is :class:`agents.algorithms.grpo.GroupRelativePPO` with one group of ``n`` envs (the same prompt
+  for all, as TRL's group) and no value head; ``grpo-lora`` the same training LoRA adapters (r 16)
+  only. On ``LMText-v0``: ``n`` envs x ``new_tokens`` steps, 1 epoch, 1 minibatch, one optimizer
+  step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
 * TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size=n``,
   ``max_completion_length=new_tokens`` (``min_new_tokens`` too, so every completion has exactly
   ``new_tokens`` tokens, as the lm-gym episodes do), ``beta=0`` (no reference model), bf16 and

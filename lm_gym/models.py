@@ -335,8 +335,8 @@ def tokenizer_name_for_model(model: str) -> str:
     Built-in GPT-2 shapes and the GPT-2 hub family give ``"gpt2"`` (every env's default); built-in
     pretrained names and Llamas give their own name; a folder or ``.gguf`` file gives itself when it
     holds a tokenizer (a folder without one, such as a small-vocabulary model of a word-level env,
-    gives ``"gpt2"``: such models follow the env, see ``agents.base.model_for_env``); any other
-    hub id gives itself.
+    gives ``"gpt2"``: such models follow the env, see ``agents.common.base.model_for_env``); any
+    other hub id gives itself.
 
     :param model: a model name, folder or ``.gguf`` path.
     """

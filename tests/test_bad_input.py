@@ -17,9 +17,9 @@ import gymnasium as gym
 import pytest
 
 import lm_gym  # noqa: F401  (registers the ids)
-from agents import training
 from agents.cli import main
-from agents.hyperparams import ConfigError, RunConfig, parse_overrides, resolve_run_config
+from agents.common import training
+from agents.common.config import ConfigError, RunConfig, parse_overrides, resolve_run_config
 from agents.registry import (
     UnknownAgentError,
     UnknownOptionError,
@@ -316,7 +316,7 @@ def test_api_errors(tmp_path: Path, run_dir: Path) -> None:
 
 def test_plugin_without_seed_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A plug-in factory need not take ``seed``: ``lm-gym train`` does not pass one to it."""
-    from agents.baselines import RandomAgent
+    from agents.decoding import RandomAgent
 
     def make_seedless(env: gym.Env) -> RandomAgent:
         """A factory without a seed option."""

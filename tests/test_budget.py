@@ -1,4 +1,4 @@
-"""Value bootstrapping at the token budget (:mod:`agents.budget`).
+"""Value bootstrapping at the token budget (:mod:`agents.algorithms.budget`).
 
 An lm-gym episode that reaches ``max_new_tokens`` ends in a terminal state: by default no
 ``gamma * V(terminal_observation)`` is added to its last reward and no value forward is run for
@@ -26,9 +26,9 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
-from agents.budget import TerminalAtBudgetVecEnv, bootstraps
-from agents.policies import LMActorCriticPolicy
-from agents.ppo import EpisodePPO, find_network
+from agents.algorithms.budget import TerminalAtBudgetVecEnv, bootstraps
+from agents.algorithms.ppo import EpisodePPO, find_network
+from agents.networks.policies import LMActorCriticPolicy
 from agents.registry import make_agent
 from lm_gym.envs.core import TOKEN_BUDGET_KEY
 from lm_gym.tasks.verifiable import CountUpEnv

@@ -170,7 +170,7 @@ def test_chat_episodes_are_deterministic_and_pickle() -> None:
 
 
 def test_demonstrations_use_the_chat_prompt() -> None:
-    from agents.supervised import demonstrations
+    from agents.algorithms.supervised import demonstrations
 
     env = gym.make("LMTranslate-v0", **CHAT)
     inner: TextEnv = env.unwrapped

@@ -16,9 +16,9 @@ import gymnasium as gym
 import pytest
 import yaml
 
-from agents import training
 from agents.cli import main
-from agents.hyperparams import RunConfig, load_hyperparams, resolve_run_config
+from agents.common import training
+from agents.common.config import RunConfig, load_hyperparams, resolve_run_config
 
 ENV = "LMToy-v0" if "LMToy-v0" in gym.registry else "LMCountUp-v0"
 PPO_SMALL = ["--model", "tiny-gpt2", "--set", "n_steps=16", "--set", "batch_size=16"]
@@ -50,7 +50,7 @@ def test_envs_and_agents_tables(capsys) -> None:
 
 
 def test_every_agent_has_a_config_file_that_resolves() -> None:
-    from agents.hyperparams import CONFIG_DIR
+    from agents.common.config import CONFIG_DIR
     from agents.zoo import SB3_ALGORITHMS
 
     names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
@@ -273,7 +273,7 @@ def test_console_script_runs() -> None:
 def test_agent_reported_reward_when_episodes_run_elsewhere(tmp_path: Path, capsys) -> None:
     """An agent whose episodes run outside the run's env (``rllib-ppo``: in Ray's env runners)
     reports its mean episode reward in the callback's ``row``; the run and ``train`` print it."""
-    from agents.baselines import RandomAgent
+    from agents.decoding import RandomAgent
     from agents.registry import register_agent, unregister_agent
 
     class Reporting(RandomAgent):
@@ -449,12 +449,12 @@ def test_eval_notes_interrupt_and_reference_name(capsys, tmp_path: Path, monkeyp
     assert "corpus_distinct-n: distinct n-grams of all the texts pooled" in stdout
     assert err.count("cannot load 'gpt2'") <= 1
 
-    import agents.evaluation
+    import agents.common.evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(agents.evaluation, "evaluate_agent", interrupted)
+    monkeypatch.setattr(agents.common.evaluation, "evaluate_agent", interrupted)
     code, _, err = run(capsys, "eval", str(out), "--no-reference", "--no-progress")
     assert code == 130 and "lm-gym eval: interrupted" in err and "Traceback" not in err
 

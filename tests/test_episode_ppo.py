@@ -20,8 +20,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
-from agents.policies import LMActorCriticPolicy
-from agents.ppo import EpisodePPO, build_episode_index, evaluate_episode_actions
+from agents.algorithms.ppo import EpisodePPO, build_episode_index, evaluate_episode_actions
+from agents.networks.policies import LMActorCriticPolicy
 from lm_gym.models import tokenizer_name_for_model
 
 N_ENVS = 4

@@ -1,6 +1,6 @@
-"""Batched evaluation (agents.evaluation): n_envs episodes at once give the episodes that one at a
-time gives, the reference metrics of the batched forwards match an unpadded forward, env copies,
-agents that cannot batch, and the summary's keys."""
+"""Batched evaluation (agents.common.evaluation): n_envs episodes at once give the episodes that one
+at a time gives, the reference metrics of the batched forwards match an unpadded forward, env
+copies, agents that cannot batch, and the summary's keys."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import lm_gym  # noqa: F401  (registers the ids)
-from agents.base import batch_obs, real_tokens
-from agents.evaluation import EvalResult, copy_env, evaluate_agent
+from agents.common.base import batch_obs, real_tokens
+from agents.common.evaluation import EvalResult, copy_env, evaluate_agent
 from agents.registry import make_agent
 from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 

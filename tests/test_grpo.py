@@ -1,4 +1,4 @@
-"""GRPO and RLOO (agents.grpo): groups, advantages, loss and gradients, learning.
+"""GRPO and RLOO (agents.algorithms.grpo): groups, advantages, loss and gradients, learning.
 
 Groups: every group-episode's envs play the same sample, also when episodes end at different
 times and for procedural tasks. Advantages: against numbers worked out by hand, with episodes cut
@@ -22,9 +22,9 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from agents.grpo import GroupedResetVecEnv, GroupRelativePPO, group_advantages
-from agents.kl import KLPenaltyVecEnv
-from agents.policies import LMActorCriticPolicy
+from agents.algorithms.grpo import GroupedResetVecEnv, GroupRelativePPO, group_advantages
+from agents.algorithms.kl import KLPenaltyVecEnv
+from agents.networks.policies import LMActorCriticPolicy
 from lm_gym.models import tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 

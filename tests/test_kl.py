@@ -1,6 +1,6 @@
-"""KL penalty to a reference model (:mod:`agents.kl`): the adaptive controller, the penalty computed
-after each rollout (:class:`KLPenaltyCallback`) against the per-step penalty in the env chain
-(:class:`KLPenaltyVecEnv`), every algorithm, statistics, checkpoints.
+"""KL penalty to a reference model (:mod:`agents.algorithms.kl`): the adaptive controller, the
+penalty computed after each rollout (:class:`KLPenaltyCallback`) against the per-step penalty in the
+env chain (:class:`KLPenaltyVecEnv`), every algorithm, statistics, checkpoints.
 
 The equality tests train the same model twice from the same seeds, once with the per-step wrapper
 (a KV-cached policy and reference forward at every env step: the penalty as it was computed
@@ -29,7 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.kl import (
+from agents.algorithms.kl import (
     AdaptiveKLController,
     KLPenaltyCallback,
     KLPenaltyVecEnv,
@@ -37,10 +37,10 @@ from agents.kl import (
     episode_action_log_probs,
     kl_penalty_of,
 )
-from agents.network import CausalLMActorCritic
-from agents.nlpo import NLPORolloutBuffer
-from agents.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
-from agents.ppo import EpisodePPO, build_episode_index
+from agents.algorithms.nlpo import NLPORolloutBuffer
+from agents.algorithms.ppo import EpisodePPO, build_episode_index
+from agents.networks.actor_critic import CausalLMActorCritic
+from agents.networks.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
 from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 from lm_gym.tasks.toy import LMWordSortEnv
 from lm_gym.tasks.verifiable import CountUpEnv
@@ -539,9 +539,9 @@ def test_kl_coef_is_checkpointed_and_restored_on_resume(agent: str, tmp_path):
     checkpoint's policy. PPO: the after-rollout callback; DQN: the env-side wrapper."""
     import json
 
-    from agents import training
-    from agents.hyperparams import RunConfig
-    from agents.policies import lm_network
+    from agents.common import training
+    from agents.common.config import RunConfig
+    from agents.networks.policies import lm_network
 
     if agent == "ppo":
         hyper = {"model": "tiny-gpt2", "n_steps": 16, "batch_size": 16, "n_epochs": 1}

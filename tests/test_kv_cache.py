@@ -20,8 +20,8 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.network import CausalLMActorCritic, RolloutKVCache, position_ids_from_mask
-from agents.policies import LMActorCriticPolicy, LMDQNPolicy
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache, position_ids_from_mask
+from agents.networks.policies import LMActorCriticPolicy, LMDQNPolicy
 from lm_gym.models import tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 

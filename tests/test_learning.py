@@ -25,9 +25,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from agents.kl import KLPenaltyCallback
-from agents.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
-from agents.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
+from agents.algorithms.kl import KLPenaltyCallback
+from agents.algorithms.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
+from agents.networks.policies import LMActorCriticPolicy, LMDQNPolicy, MaskableLMActorCriticPolicy
 from lm_gym.tasks.text_generation import TextGenerationEnv
 from lm_gym.tasks.verifiable import CountUpEnv
 

@@ -19,10 +19,10 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.algorithms.nlpo import NLPOActionMaskWrapper, NLPORolloutBuffer, TopPMasker
 from agents.export import export_pretrained
-from agents.network import CausalLMActorCritic, RolloutKVCache
-from agents.nlpo import NLPOActionMaskWrapper, NLPORolloutBuffer, TopPMasker
-from agents.policies import LMActorCriticPolicy, MaskableLMActorCriticPolicy
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
+from agents.networks.policies import LMActorCriticPolicy, MaskableLMActorCriticPolicy
 from lm_gym.models import model_folder
 from lm_gym.tasks.verifiable import CountUpEnv
 

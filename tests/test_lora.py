@@ -16,11 +16,11 @@ pytest.importorskip("peft")
 
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.algorithms.grpo import GroupRelativePPO
+from agents.algorithms.ppo import EpisodePPO
 from agents.export import export_pretrained
-from agents.grpo import GroupRelativePPO
-from agents.network import CausalLMActorCritic
-from agents.policies import LMActorCriticPolicy
-from agents.ppo import EpisodePPO
+from agents.networks.actor_critic import CausalLMActorCritic
+from agents.networks.policies import LMActorCriticPolicy
 from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

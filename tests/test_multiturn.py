@@ -290,15 +290,15 @@ def test_guess_number_rewards_and_secret_option() -> None:
 
 @pytest.fixture(scope="module")
 def guess_words_solution():
-    from agents.belief import BeliefMDP
-    from agents.mdp import value_iteration
+    from agents.tabular.belief import BeliefMDP
+    from agents.tabular.mdp import value_iteration
 
     mdp = BeliefMDP.from_env("LMGuessNumberWords-v0")
     return mdp, value_iteration(mdp)
 
 
 def test_small_guessing_game_optimum_is_binary_search(guess_words_solution) -> None:
-    from agents.mdp import policy_iteration, state_key
+    from agents.tabular.mdp import policy_iteration, state_key
 
     mdp, solution = guess_words_solution
     env = gym.make("LMGuessNumberWords-v0").unwrapped
@@ -509,7 +509,7 @@ def test_ppo_learns_the_small_guessing_game(guess_words_solution) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.utils import set_random_seed
 
-    from agents.policies import LMActorCriticPolicy
+    from agents.networks.policies import LMActorCriticPolicy
     from lm_gym.models import load_causal_lm
     from lm_gym.tasks.guess_number import LMGuessNumberWordsEnv
 

@@ -23,22 +23,22 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.export import export_pretrained
-from agents.network import position_ids_from_mask
-from agents.nlpo import (
+from agents.algorithms.nlpo import (
     NLPOActionMaskWrapper,
     NLPOMaskUpdateCallback,
     NLPORolloutBuffer,
     TopPMasker,
     top_p_mask,
 )
-from agents.policies import (
+from agents.algorithms.ppo import EpisodePPO
+from agents.export import export_pretrained
+from agents.networks.actor_critic import position_ids_from_mask
+from agents.networks.policies import (
     LMActorCriticPolicy,
     LMDQNPolicy,
     MaskableLMActorCriticPolicy,
     strict_device,
 )
-from agents.ppo import EpisodePPO
 from lm_gym.models import load_causal_lm, tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 
@@ -235,7 +235,7 @@ def test_vocabulary_mismatch_names_the_models_tokenizer(name, model, env_model, 
 def test_vocabulary_mismatch_on_a_word_level_env_names_model_for_env():
     """The README's SB3 pattern on ``LMWordSort-v0`` (5 words) with a GPT-2 model: the fix is
     ``model_for_env``, which builds the model with the env's vocabulary, and it works."""
-    from agents.base import model_for_env
+    from agents.common.base import model_for_env
     from lm_gym.tasks.toy import LMWordSortEnv
 
     env = DummyVecEnv([LMWordSortEnv])
@@ -464,7 +464,8 @@ def test_former_gpt2_names_are_aliases():
     """The GPT-2 names stay importable: README-era code, and models saved before the rename (SB3
     pickles the policy class by its module and name, so loading looks the old name up)."""
     import agents
-    from agents import network, policies
+    from agents.networks import actor_critic as network
+    from agents.networks import policies
 
     assert agents.GPT2ActorCritic is network.CausalLMActorCritic is network.GPT2ActorCritic
     pairs = {

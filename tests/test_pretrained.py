@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import lm_gym  # noqa: F401  (registers the ids)
-from agents.hyperparams import load_hyperparams, parse_overrides, resolve_run_config
+from agents.common.config import load_hyperparams, parse_overrides, resolve_run_config
 from lm_gym import models
 from lm_gym.envs import default_tokenizer, env_kwargs_for_model
 
@@ -178,7 +178,7 @@ def test_cli_trains_and_evaluates_a_llama(capsys, tmp_path: Path) -> None:
 
 
 def test_model_section_of_a_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents import hyperparams
+    from agents.common import config as hyperparams
 
     (tmp_path / "ppo.yaml").write_text(
         "default: {n_steps: 8, learning_rate: auto}\n"
@@ -223,9 +223,9 @@ def test_a_warm_start_keeps_its_vocabulary_and_its_recipe(
     GPT-2's 50257) and takes tiny-llama's per-model recipe section."""
     import gymnasium as gym
 
-    from agents import hyperparams
-    from agents.supervised import warm_start
-    from agents.training import make_run_env
+    from agents.algorithms.supervised import warm_start
+    from agents.common import config as hyperparams
+    from agents.common.training import make_run_env
 
     env = gym.make("LMTranslate-v0", tokenizer="tiny-llama")
     folder = warm_start("tiny-llama", env, tmp_path / "ws", epochs=1, max_samples=8)
@@ -262,7 +262,7 @@ def test_the_smollm2_recipe_is_in_the_ppo_config() -> None:
 @pytest.mark.slow
 @needs_smollm2
 def test_smollm2_loads_offline_and_its_cached_rollout_is_exact() -> None:
-    from agents.network import CausalLMActorCritic, RolloutKVCache
+    from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 
     tok = models.load_tokenizer("smollm2-135m")
     assert len(tok) == 49152 and tok.eos_token_id == 2

@@ -38,7 +38,7 @@ from gymnasium import spaces  # noqa: E402
 from ray.rllib.core.columns import Columns  # noqa: E402
 
 import lm_gym  # noqa: E402, F401  (registers the ids)
-from agents.network import CausalLMActorCritic  # noqa: E402
+from agents.networks.actor_critic import CausalLMActorCritic  # noqa: E402
 from agents.rllib import (  # noqa: E402  (also registers the agent "rllib-ppo")
     LMRLModule,
     evaluate_policy,

@@ -22,7 +22,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import lm_gym  # noqa: F401  (registers the ids)
-from agents.mdp import (
+from agents.tabular.learning import QLearning, Reinforce
+from agents.tabular.mdp import (
     TabularMDP,
     is_enumerable,
     monte_carlo_evaluation,
@@ -32,7 +33,6 @@ from agents.mdp import (
     state_key,
     value_iteration,
 )
-from agents.tabular import QLearning, Reinforce
 from lm_gym.models import load_tokenizer
 from lm_gym.tasks.toy import LMToyEnv, LMWordSortEnv, WordSortScorer
 from lm_gym.tasks.word_tokenizer import build_word_tokenizer
@@ -397,7 +397,7 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO
 
-    from agents.policies import LMActorCriticPolicy
+    from agents.networks.policies import LMActorCriticPolicy
 
     def make(env, policy_kwargs):
         return PPO(
@@ -418,12 +418,12 @@ def test_sb3_ppo_with_gpt2_policy_reaches_the_optimal_return(sort) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_group_relative_agents_reach_the_optimal_policy_on_word_sort(advantage: str, sort) -> None:
-    """GRPO and RLOO (agents.grpo), GPT-2 policy without value head, 8 envs in groups of 4, 10
-    (GRPO) or 4 (RLOO) epochs. Measured before: GRPO with 4 epochs stopped at 0.958 of the
+    """GRPO and RLOO (agents.algorithms.grpo), GPT-2 policy without value head, 8 envs in groups of
+    4, 10 (GRPO) or 4 (RLOO) epochs. Measured before: GRPO with 4 epochs stopped at 0.958 of the
     optimum; RLOO with one epoch (lr 1e-2) at 0.611."""
     pytest.importorskip("stable_baselines3")
-    from agents.grpo import GroupRelativePPO
-    from agents.policies import LMActorCriticPolicy
+    from agents.algorithms.grpo import GroupRelativePPO
+    from agents.networks.policies import LMActorCriticPolicy
 
     def make(env, policy_kwargs):
         return GroupRelativePPO(

@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import lm_gym
-from agents.base import Agent, SB3Agent, load_agent, model_for_env, real_tokens
-from agents.baselines import BeamSearchAgent, LMDecodingAgent, warp_logits
-from agents.evaluation import evaluate_agent
+from agents.algorithms.supervised import demonstrations, warm_start
+from agents.common.base import Agent, SB3Agent, load_agent, model_for_env, real_tokens
+from agents.common.evaluation import evaluate_agent
+from agents.decoding import BeamSearchAgent, LMDecodingAgent, warp_logits
 from agents.registry import (
     UnknownAgentError,
     UnknownOptionError,
@@ -34,7 +35,6 @@ from agents.registry import (
     register_agent,
     unregister_agent,
 )
-from agents.supervised import demonstrations, warm_start
 from agents.zoo import restricted_actions
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_agent"
@@ -200,7 +200,7 @@ def test_register_agent_rules() -> None:
 
     def make_const(env: gym.Env, token: int = 0):
         """Always the same token."""
-        from agents.baselines import RandomAgent
+        from agents.decoding import RandomAgent
 
         agent = RandomAgent(env)
         agent.predict = lambda obs, deterministic=False: (token, None)  # type: ignore[method-assign]

@@ -1,11 +1,11 @@
 """lm-gym on Ray RLlib: the causal-LM actor-critic as an RLlib ``RLModule``, and PPO on a Ray
 cluster.
 
-The multi-machine front end of :class:`agents.network.CausalLMActorCritic`, the same network that
-the SB3 policies of :mod:`agents.policies` adapt: RLlib's env runners sample the registered lm-gym
-envs in their own processes (on any node of a Ray cluster) and its learners update the network with
-PPO, data-parallel (torch DDP) when there are several. Needs the ``ray`` extra
-(``pip install "lm-gym[ray]"``); ``agents/README_rllib.md`` explains clusters.
+The multi-machine front end of :class:`agents.networks.actor_critic.CausalLMActorCritic`, the same
+network that the SB3 policies of :mod:`agents.networks.policies` adapt: RLlib's env runners sample
+the registered lm-gym envs in their own processes (on any node of a Ray cluster) and its learners
+update the network with PPO, data-parallel (torch DDP) when there are several. Needs the ``ray``
+extra (``pip install "lm-gym[ray]"``); ``agents/README_rllib.md`` explains clusters.
 
 * :class:`LMRLModule` (:mod:`agents.rllib.module`): ``TorchRLModule`` + ``ValueFunctionAPI``;
   logits from the LM head at the last real token, values from the value head on the shared trunk,
@@ -14,7 +14,7 @@ PPO, data-parallel (torch DDP) when there are several. Needs the ``ray`` extra
 * :func:`train_rllib` (:mod:`agents.rllib.train`): PPO with a run folder like the other agents'
   (``config.json``, ``progress.csv`` with SB3's columns, ``metrics.json``, ``checkpoint/``), resumed
   from its checkpoint by the next call.
-* :func:`evaluate_policy`, :func:`load_policy` (:mod:`agents.rllib.policy`): evaluation and the
+* :func:`evaluate_policy`, :func:`load_policy` (:mod:`agents.rllib.checkpoint`): evaluation and the
   trained network of a run folder, without Ray.
 * :class:`RLlibPPOAgent`, :func:`make_rllib_ppo` (:mod:`agents.rllib.agent`): the agent protocol of
   the zoo (``learn``/``predict``/``save``/``load``), registered as ``"rllib-ppo"``.
@@ -29,7 +29,7 @@ Example (a local loopback cluster; 2 env runners, 2 DDP learners)::
     )
     print(result.mean_reward, result.checkpoint)
 
-Names are imported on first use: ``import agents.rllib`` and the ``policy`` and ``agent`` modules
+Names are imported on first use: ``import agents.rllib`` and the ``checkpoint`` and ``agent`` modules
 work without Ray; the module and training need it. The ``lm_gym.agents`` entry point of the installed
 package (``setup.cfg``) lets ``lm-gym agents``/``make_agent("rllib-ppo", ...)`` find the agent with
 nothing imported first.
@@ -62,12 +62,12 @@ __all__ = [
 ]
 
 _WHERE = {
-    "DEFAULT_MODEL": "policy",
-    "evaluate_policy": "policy",
-    "load_policy": "policy",
-    "qualified_env_id": "policy",
-    "state_nbytes": "policy",
-    "tied_state_keys": "policy",
+    "DEFAULT_MODEL": "checkpoint",
+    "evaluate_policy": "checkpoint",
+    "load_policy": "checkpoint",
+    "qualified_env_id": "checkpoint",
+    "state_nbytes": "checkpoint",
+    "tied_state_keys": "checkpoint",
     "LMRLModule": "module",
     "GPT2RLModule": "module",
     "weight_sync_bytes": "module",

@@ -21,10 +21,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.base import batch_obs, call_callback, env_id_of, model_for_env
-from agents.network import CausalLMActorCritic, RolloutKVCache
+from agents.common.base import batch_obs, call_callback, env_id_of, model_for_env
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
+from agents.rllib.checkpoint import load_policy
 from agents.rllib.options import PPOOptions
-from agents.rllib.policy import load_policy
 
 __all__ = ["AGENT_OPTIONS", "RLlibPPOAgent", "make_rllib_ppo"]
 

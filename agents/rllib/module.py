@@ -15,7 +15,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
-from agents.network import (
+from agents.networks.actor_critic import (
     CausalLMActorCritic,
     RolloutKVCache,
     check_lm_spaces,
@@ -23,7 +23,7 @@ from agents.network import (
     left_padded_rows,
     pack_real_tokens,
 )
-from agents.rllib.policy import DEFAULT_MODEL, state_nbytes, tied_state_keys
+from agents.rllib.checkpoint import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
 __all__ = ["GPT2RLModule", "LMRLModule", "episode_last_hidden", "weight_sync_bytes"]
 
@@ -34,18 +34,18 @@ def episode_last_hidden(
     """The trunk's hidden state at the last position of each window, one forward per episode.
 
     The same result as ``net.last_hidden(input_ids, attention_mask)`` (up to float rounding) at a
-    fraction of the cost, the idea of :class:`agents.ppo.EpisodePPO` applied to a batch of
-    unordered rows (RLlib's shuffled minibatches carry no episode index): lm-gym windows are
+    fraction of the cost, the idea of :class:`agents.algorithms.ppo.EpisodePPO` applied to a batch
+    of unordered rows (RLlib's shuffled minibatches carry no episode index): lm-gym windows are
     left-padded and each step appends one token, so the real tokens of an episode's earlier
     observation are a prefix of a later one's, and the causal LM's hidden state at a row's last
-    token is the hidden state of that position in any longer sequence with the same prefix.
-    Rows are grouped by content: each row whose real tokens are a prefix of a longer row's joins
-    that row's *context* (any row with those tokens serves, of any episode); the contexts' real
-    tokens are packed left-aligned, right-padded to the longest, and the trunk runs once over them
-    (positions ``0..n-1``, as the left-padded windows give their real tokens); each row reads its
-    hidden state at position ``n_real - 1``. A row whose window is not left-padded (no lm-gym
-    observation) is computed the stock way. No episode boundary or batch cut matters: rows of an
-    episode cut by a batch boundary simply form a shorter context.
+    token is the hidden state of that position in any longer sequence with the same prefix. Rows are
+    grouped by content: each row whose real tokens are a prefix of a longer row's joins that row's
+    *context* (any row with those tokens serves, of any episode); the contexts' real tokens are
+    packed left-aligned, right-padded to the longest, and the trunk runs once over them (positions
+    ``0..n-1``, as the left-padded windows give their real tokens); each row reads its hidden state
+    at position ``n_real - 1``. A row whose window is not left-padded (no lm-gym observation) is
+    computed the stock way. No episode boundary or batch cut matters: rows of an episode cut by a
+    batch boundary simply form a shorter context.
 
     :param net: the actor-critic network.
     :param input_ids: ``(B, W)`` ids (any integer dtype).
@@ -111,8 +111,8 @@ def episode_last_hidden(
 
 
 class LMRLModule(TorchRLModule, ValueFunctionAPI):
-    """RLlib ``RLModule`` over :class:`agents.network.CausalLMActorCritic` (any causal LM: GPT-2,
-    Llama, ...), for PPO (and APPO, IMPALA).
+    """RLlib ``RLModule`` over :class:`agents.networks.actor_critic.CausalLMActorCritic` (any causal
+    LM: GPT-2, Llama, ...), for PPO (and APPO, IMPALA).
 
     The observation is an lm-gym window ``{"input_ids", "attention_mask"}`` (int64, left-padded, so
     the last position is the newest real token); the action space ``Discrete(V)`` must match the
@@ -121,7 +121,8 @@ class LMRLModule(TorchRLModule, ValueFunctionAPI):
     returns that hidden state as ``embeddings`` so that PPO's value loss does not run the trunk
     again. Training batches run one trunk forward per episode, not one per transition
     (:func:`episode_last_hidden`). Sampling calls (no grad) keep a
-    :class:`~agents.network.RolloutKVCache`, so each step computes one new position per env.
+    :class:`~agents.networks.actor_critic.RolloutKVCache`, so each step computes one new position
+    per env.
 
     The module's state (what RLlib sends to every env runner after each update, and what
     checkpoints hold) leaves out tied copies: a tied LM head (GPT-2's, SmolLM2's) is the token
@@ -223,7 +224,7 @@ class LMRLModule(TorchRLModule, ValueFunctionAPI):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The module's weights as NumPy arrays, without tied copies (see
-        :func:`~agents.rllib.policy.tied_state_keys`).
+        :func:`~agents.rllib.checkpoint.tied_state_keys`).
 
         :param components: unused (the module has no sub-components).
         :param not_components: unused.

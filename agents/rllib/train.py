@@ -22,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.rllib.module import LMRLModule
-from agents.rllib.options import PPOOptions
-from agents.rllib.policy import (
+from agents.rllib.checkpoint import (
     CHECKPOINT_DIR,
     DEFAULT_MODEL,
     MODULE_ID,
@@ -34,6 +32,8 @@ from agents.rllib.policy import (
     state_nbytes,
     tied_state_keys,
 )
+from agents.rllib.module import LMRLModule
+from agents.rllib.options import PPOOptions
 
 __all__ = [
     "PROGRESS_COLUMNS",

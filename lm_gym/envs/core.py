@@ -13,8 +13,9 @@ The token budget is part of the task, not a time limit put on it: the episode's 
 holds ``info["token_budget_reached"]`` (:data:`TOKEN_BUDGET_KEY`), ``True`` when the episode used
 all ``max_new_tokens`` tokens. Such a truncation ends the MDP: the text has been scored and no
 further reward can come, so the value of the state reached is 0 and an agent should not bootstrap
-``V(s_T)`` there as it does after a time limit (:mod:`agents.budget`). An episode cut earlier by
-anything else (a ``TimeLimit`` wrapper, for instance) has the flag ``False`` or no flag at all.
+``V(s_T)`` there as it does after a time limit (:mod:`agents.algorithms.budget`). An episode cut
+earlier by anything else (a ``TimeLimit`` wrapper, for instance) has the flag ``False`` or no flag
+at all.
 
 Text is decoded only at episode end (and in :meth:`TextEnv.render`), never per step.
 """

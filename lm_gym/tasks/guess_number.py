@@ -15,10 +15,10 @@ Description
       ``higher``, ``lower``, ``correct``, ``guess`` and ``<eos>`` (V = 12); the prompt is the single
       word ``guess``, each agent turn is one token, each reply one word; 3 guesses. The observation
       holds the whole history, so the game is an MDP over observations whose transitions depend
-      on the hidden number: :func:`agents.belief.BeliefMDP.from_env` builds it exactly (the belief
-      over the number is a function of the history) and the existing value iteration of
-      :mod:`agents.mdp` solves it: binary search (4, then 2 or 6, then the remaining number), with
-      optimal expected return ``1 - 0.1 * 17/7 = 0.757...``.
+      on the hidden number: :func:`agents.tabular.belief.BeliefMDP.from_env` builds it exactly (the
+      belief over the number is a function of the history) and the existing value iteration of
+      :mod:`agents.tabular.mdp` solves it: binary search (4, then 2 or 6, then the remaining
+      number), with optimal expected return ``1 - 0.1 * 17/7 = 0.757...``.
 
 Observation
     ``Dict(input_ids, attention_mask)`` of ``max_prompt_tokens + max_new_tokens`` ids, as for every
@@ -191,7 +191,7 @@ class LMGuessNumberEnv(MultiTurnEnv):
 
     def hidden_starts(self) -> list[tuple[dict[str, Any], float]]:
         """The hidden start states and their probabilities: ``[({"secret": k}, 1/n), ...]`` (for
-        :class:`agents.belief.BeliefMDP`)."""
+        :class:`agents.tabular.belief.BeliefMDP`)."""
         n = self.high - self.low + 1
         return [({"secret": k}, 1.0 / n) for k in range(self.low, self.high + 1)]
 

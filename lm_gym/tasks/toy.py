@@ -3,8 +3,8 @@
 Description
     Two tasks over word-level tokenizers (see :mod:`lm_gym.tasks.word_tokenizer`) with a handful
     of words, so that ``Discrete(V)`` is small, every reachable state can be enumerated, and the
-    exact solvers of :mod:`agents.mdp` (value iteration, policy iteration, Monte Carlo policy
-    evaluation) give the ground truth that learning agents are checked against.
+    exact solvers of :mod:`agents.tabular.mdp` (value iteration, policy iteration, Monte Carlo
+    policy evaluation) give the ground truth that learning agents are checked against.
 
     * ``LMToy-v0``: the worked example of RL for language models. Vocabulary
       ``{x1, x2, v1, v2, <eos>}`` (ids 0..4, V = 5). There are two contexts, ``x1`` and ``x2``,
@@ -52,8 +52,8 @@ Reward
 Episode end
     Terminated by the task's rule (``LMToy-v0``: after the last context; ``LMWordSort-v0``: after
     3 words) or on ``<eos>``. The observation window always holds the whole episode, so the
-    observation is the full state (a Markov state: the exact model of :mod:`agents.mdp` is keyed by
-    the real tokens of the observation) and episodes are never truncated.
+    observation is the full state (a Markov state: the exact model of :mod:`agents.tabular.mdp` is
+    keyed by the real tokens of the observation) and episodes are never truncated.
 
 Arguments
     Every :class:`lm_gym.envs.core.TextEnv` option except the data set (prompts are drawn from the
@@ -134,9 +134,9 @@ class FiniteTextEnv(TextEnv):
     """A :class:`TextEnv` with a finite start distribution and a task rule that ends episodes.
 
     Subclasses implement :meth:`start_distribution` (the prompts and their probabilities, which
-    :meth:`draw_sample` draws from and which :func:`agents.mdp.TabularMDP.from_env` enumerates),
-    :meth:`~lm_gym.envs.core.TextEnv.task_done` and :meth:`token_budget`. An episode that reaches
-    the task's end is *terminated*, also when it coincides with the token budget.
+    :meth:`draw_sample` draws from and which :func:`agents.tabular.mdp.TabularMDP.from_env`
+    enumerates), :meth:`~lm_gym.envs.core.TextEnv.task_done` and :meth:`token_budget`. An episode
+    that reaches the task's end is *terminated*, also when it coincides with the token budget.
     """
 
     #: The discount of the task's MDP (the return is the undiscounted sum).

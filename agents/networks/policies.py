@@ -5,15 +5,14 @@ over one network.
   LM head (a categorical distribution over the vocabulary), the critic a value head on the same
   trunk's last hidden state.
 * :class:`MaskableLMActorCriticPolicy` for sb3-contrib ``MaskablePPO``, with NLPO masking (the
-  top-p tokens of a lagged copy of the policy, see :mod:`agents.nlpo`).
+  top-p tokens of a lagged copy of the policy, see :mod:`agents.algorithms.nlpo`).
 * :class:`LMDQNPolicy` for ``DQN``: Q(x, v) over the vocabulary is the LM head's output.
 
-All share :class:`agents.network.CausalLMActorCritic` (one trunk; logits for the last position
-only) and its :class:`~agents.network.RolloutKVCache`: in no-grad calls in eval mode (SB3's
-rollouts and ``predict``) each env's keys and values are kept across steps and only the new token
-is computed.
-Training-time calls (``evaluate_actions``, TRPO's and DQN's losses: SB3 puts the policy in
-training mode for them) run the full window.
+All share :class:`agents.networks.actor_critic.CausalLMActorCritic` (one trunk; logits for the last
+position only) and its :class:`~agents.networks.actor_critic.RolloutKVCache`: in no-grad calls in
+eval mode (SB3's rollouts and ``predict``) each env's keys and values are kept across steps and only
+the new token is computed. Training-time calls (``evaluate_actions``, TRPO's and DQN's losses: SB3
+puts the policy in training mode for them) run the full window.
 
 ``policy_kwargs``:
 
@@ -51,14 +50,14 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.network import (
+from agents.algorithms.nlpo import TopPMasker
+from agents.networks.actor_critic import (
     CausalLMActorCritic,
     RolloutKVCache,
     check_lm_spaces,
     check_model_fits,
     strict_device,
 )
-from agents.nlpo import TopPMasker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -400,11 +399,11 @@ class LMActorCriticPolicy(LMPolicyMixin, ActorCriticPolicy):
     :param value_head: build the value head; ``False`` for critic-free algorithms (GRPO, RLOO),
         whose values are then zeros.
     :param detach_value: the value loss trains the value head only, not the LM (see
-        :class:`agents.network.CausalLMActorCritic`).
+        :class:`agents.networks.actor_critic.CausalLMActorCritic`).
     :param lora: train LoRA adapters (``peft``) instead of the whole LM: ``{}`` for the defaults
         or ``{"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}`` (see
-        :class:`agents.network.CausalLMActorCritic`); a KL reference is then the same LM with the
-        adapters off.
+        :class:`agents.networks.actor_critic.CausalLMActorCritic`); a KL reference is then the same
+        LM with the adapters off.
     :param bf16: bfloat16 autocast of the trunk on CUDA.
     :param kv_cache: keep per-env KV caches across rollout steps.
     :param dropout: keep the model's dropout (off by default).
@@ -425,12 +424,12 @@ class MaskableLMActorCriticPolicy(LMPolicyMixin, MaskableActorCriticPolicy):  # 
     """Causal-LM actor-critic policy for sb3-contrib ``MaskablePPO``, with NLPO masking.
 
     When no ``action_masks`` are passed (``MaskablePPO.learn(use_masking=False)``, or the
-    update with :class:`agents.nlpo.NLPORolloutBuffer`, which stores none), the valid
+    update with :class:`agents.algorithms.nlpo.NLPORolloutBuffer`, which stores none), the valid
     actions are the top-p tokens of a lagged, frozen copy of the policy's LM (``masker``),
     computed from the observation: the same function in rollout and update, so nothing of
     vocabulary size is stored. Refresh the lagged copy with
-    :class:`agents.nlpo.NLPOMaskUpdateCallback` or :meth:`refresh_mask_model`. Masks given
-    explicitly (by an env with ``action_masks()``) are used instead.
+    :class:`agents.algorithms.nlpo.NLPOMaskUpdateCallback` or :meth:`refresh_mask_model`. Masks
+    given explicitly (by an env with ``action_masks()``) are used instead.
 
     :param nlpo_top_p: top-p of the NLPO mask; ``None`` switches internal masking off.
     :param kwargs: as :class:`LMActorCriticPolicy`.

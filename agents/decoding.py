@@ -7,7 +7,7 @@ env loops, evaluations and benchmarks:
 * :class:`RandomAgent`: a uniformly random token.
 * :class:`LMDecodingAgent`: the LM's next-token distribution at the observation, decoded greedily or
   sampled with temperature, top-k and top-p. A per-env KV cache
-  (:class:`agents.network.RolloutKVCache`) computes only the new token at each step.
+  (:class:`agents.networks.actor_critic.RolloutKVCache`) computes only the new token at each step.
 * :class:`BeamSearchAgent`: beam search at the token level. At the start of an episode it runs
   ``model.generate(num_beams=k)`` from the prompt and then replays the chosen tokens one per step;
   when an observation is not on the planned path (another agent took over, or the env was reset
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import BaseAgent, LMAgent, ObsDict, batch_obs, real_tokens, stop_ids
+from agents.common.base import BaseAgent, LMAgent, ObsDict, batch_obs, real_tokens, stop_ids
 
 if TYPE_CHECKING:
     import torch
@@ -86,15 +86,12 @@ class LMDecodingAgent(LMAgent):
     """The untrained language model, decoded greedily or by sampling, one token per step.
 
     :param env: an lm-gym env.
-    :param model: causal LM name or folder (see :func:`agents.base.model_for_env`) or a model.
-    :param greedy: take the most likely token (otherwise sample).
-    :param temperature: sampling temperature (> 0).
-    :param top_k: sample among the k most likely tokens (0: all).
-    :param top_p: nucleus sampling threshold (1.0: off).
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param seed: seeds the sampling.
-    :param verbose: unused.
-    :raises ValueError: bad decoding options, or a model whose vocabulary does not fit the env.
+    :param model: causal LM name or folder (see :func:`agents.common.base.model_for_env`) or a
+    model. :param greedy: take the most likely token (otherwise sample). :param temperature:
+    sampling temperature (> 0). :param top_k: sample among the k most likely tokens (0: all). :param
+    top_p: nucleus sampling threshold (1.0: off). :param device: ``"auto"``, ``"cpu"`` or
+    ``"cuda"``. :param seed: seeds the sampling. :param verbose: unused. :raises ValueError: bad
+    decoding options, or a model whose vocabulary does not fit the env.
     """
 
     option_names: tuple[str, ...] = ("model", "greedy", "temperature", "top_k", "top_p", "device")

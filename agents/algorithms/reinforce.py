@@ -1,10 +1,11 @@
 """REINFORCE with a causal-LM policy, with or without a learned baseline, in one readable file.
 
 Williams' (1992) Monte Carlo policy gradient at the token level. The policy is the causal LM's
-next-token distribution (:class:`agents.network.CausalLMActorCritic`, the network every LM agent
-of the zoo shares); with ``baseline=True`` a value head on the same trunk estimates the return from
-each state and the gradient uses the advantage ``G_t - V(s_t)`` (REINFORCE with baseline, Sutton and
-Barto, section 13.4); with ``baseline=False`` it uses the return ``G_t`` itself.
+next-token distribution (:class:`agents.networks.actor_critic.CausalLMActorCritic`, the network
+every LM agent of the zoo shares); with ``baseline=True`` a value head on the same trunk estimates
+the return from each state and the gradient uses the advantage ``G_t - V(s_t)`` (REINFORCE with
+baseline, Sutton and Barto, section 13.4); with ``baseline=False`` it uses the return ``G_t``
+itself.
 
 One iteration:
 
@@ -16,7 +17,7 @@ One iteration:
    or 0) ``+ vf_coef * mean_t (V(s_t) - G_t)^2 - ent_coef * mean entropy``; one Adam step with
    gradient clipping.
 
-For the tabular REINFORCE of small word-level envs see :class:`agents.tabular.Reinforce`.
+For the tabular REINFORCE of small word-level envs see :class:`agents.tabular.learning.Reinforce`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
-from agents.base import Callback, LMAgent, ObsDict, call_callback
+from agents.common.base import Callback, LMAgent, ObsDict, call_callback
 
 #: a finished episode: its final observation, actions, rewards, and the real tokens of the
 #: observation before each action
@@ -44,18 +45,14 @@ class LMReinforce(LMAgent):
     """REINFORCE over the vocabulary with a causal-LM policy (and optionally a value baseline).
 
     :param env: an lm-gym env (one env; episodes are collected one after the other).
-    :param model: causal LM name or folder (see :func:`agents.base.model_for_env`) or a model.
-    :param baseline: subtract a learned state value (a value head on the shared trunk).
+    :param model: causal LM name or folder (see :func:`agents.common.base.model_for_env`) or a
+    model. :param baseline: subtract a learned state value (a value head on the shared trunk).
     :param learning_rate: Adam step size (pretrained GPT-2: about 1e-5; random tiny GPT-2: 1e-3).
-    :param batch_episodes: episodes per gradient step.
-    :param gamma: discount of the return.
-    :param ent_coef: entropy bonus.
-    :param vf_coef: weight of the value loss (with a baseline).
-    :param max_grad_norm: gradient clipping.
-    :param normalize_advantage: standardise the advantages of a batch.
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param seed: seeds the sampling and the first reset.
-    :param verbose: 1 prints a line per update.
+    :param batch_episodes: episodes per gradient step. :param gamma: discount of the return. :param
+    ent_coef: entropy bonus. :param vf_coef: weight of the value loss (with a baseline). :param
+    max_grad_norm: gradient clipping. :param normalize_advantage: standardise the advantages of a
+    batch. :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``. :param seed: seeds the sampling and
+    the first reset. :param verbose: 1 prints a line per update.
     """
 
     option_names = (

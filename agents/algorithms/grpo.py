@@ -34,13 +34,14 @@ fraction used is logged as ``rollout/group_used_fraction``). With episodes of a 
 
 Minibatch losses are token-level means over the used transitions (each token weighs the same, as
 in DAPO; GRPO's original per-sequence mean weighs short answers more). Everything else (the
-episode-level forward, minibatches, logging, ``save``/``load``) is :class:`agents.ppo.EpisodePPO`.
+episode-level forward, minibatches, logging, ``save``/``load``) is
+:class:`agents.algorithms.ppo.EpisodePPO`.
 
 Usage::
 
     from stable_baselines3.common.env_util import make_vec_env
-    from agents.grpo import GroupRelativePPO, GroupedResetVecEnv
-    from agents.policies import LMActorCriticPolicy
+    from agents.algorithms.grpo import GroupRelativePPO, GroupedResetVecEnv
+    from agents.networks.policies import LMActorCriticPolicy
 
     env = GroupedResetVecEnv(make_vec_env("LMCountUp-v0", n_envs=8), group_size=4)
     model = GroupRelativePPO(
@@ -64,8 +65,8 @@ from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.network import CausalLMActorCritic
-from agents.ppo import EpisodeIndex, EpisodePPO
+from agents.algorithms.ppo import EpisodeIndex, EpisodePPO
+from agents.networks.actor_critic import CausalLMActorCritic
 
 __all__ = [
     "ADVANTAGES",
@@ -237,7 +238,8 @@ def find_grouped_env(env: VecEnv | None) -> GroupedResetVecEnv | None:
 
 
 class GroupRelativePPO(EpisodePPO):
-    """GRPO or RLOO (``advantage=``) on :class:`agents.ppo.EpisodePPO` (see the module docstring).
+    """GRPO or RLOO (``advantage=``) on :class:`agents.algorithms.ppo.EpisodePPO` (see the module
+    docstring).
 
     Defaults differ from PPO's where the algorithms differ: no advantage normalisation per
     minibatch (the group does it), ``vf_coef=0``, ``gamma=1``. A policy with a value head works
@@ -252,11 +254,12 @@ class GroupRelativePPO(EpisodePPO):
     :param kl_loss_coef: weight of the per-token ``k3`` KL to the reference in the loss (0: none).
     :param kl_reference: the reference for ``kl_loss_coef``: a model name/folder (kept in saves),
         a ``PreTrainedModel``/:class:`CausalLMActorCritic` object, or ``None`` for the policy's
-        :meth:`~agents.network.CausalLMActorCritic.reference_lm` when learning starts: with LoRA
-        the LM with its adapters off (always the starting model), else a frozen copy (a loaded,
-        trained policy would then be its own reference: pass the starting model's name when
+        :meth:`~agents.networks.actor_critic.CausalLMActorCritic.reference_lm` when learning starts:
+        with LoRA the LM with its adapters off (always the starting model), else a frozen copy (a
+        loaded, trained policy would then be its own reference: pass the starting model's name when
         resuming).
-    :param kwargs: :class:`agents.ppo.EpisodePPO` / :class:`stable_baselines3.PPO` arguments.
+    :param kwargs: :class:`agents.algorithms.ppo.EpisodePPO` / :class:`stable_baselines3.PPO`
+    arguments.
     :raises ValueError: a bad ``group_size``, ``advantage`` or ``kl_loss_coef``.
     """
 
@@ -437,8 +440,9 @@ class GroupRelativePPO(EpisodePPO):
         self, setup: tuple[CausalLMActorCritic, EpisodeIndex, th.Tensor] | None
     ) -> th.Tensor:
         """Reference log-probabilities of every transition's action (flat buffer order), one
-        reference forward per episode segment (:func:`agents.kl.episode_action_log_probs`)."""
-        from agents.kl import episode_action_log_probs
+        reference forward per episode segment
+        (:func:`agents.algorithms.kl.episode_action_log_probs`)."""
+        from agents.algorithms.kl import episode_action_log_probs
 
         buf = self.rollout_buffer
         obs = buf.observations

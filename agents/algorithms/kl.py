@@ -4,17 +4,17 @@ adaptive coefficient.
 
 Two ways to apply it, with the same maths, controller, statistics and checkpointed state:
 
-* :class:`KLPenaltyCallback`, for SB3's on-policy algorithms (:class:`agents.ppo.EpisodePPO`,
-  ``PPO``, ``A2C``, sb3-contrib ``TRPO`` and ``MaskablePPO``/NLPO). Forward only: after each
-  rollout it reads the rollout buffer (observations, actions, episode starts, the policy's own
-  log-probabilities), computes the reference's log-probabilities of the rollout's actions in
-  batched full-sequence forwards, one per episode segment, packed as in EpisodePPO's update
-  (:func:`episode_action_log_probs`), subtracts the penalty from ``rollout_buffer.rewards`` and
-  recomputes the advantages and returns with SB3's own ``compute_returns_and_advantage``, all
-  before ``collect_rollouts`` returns. The envs never see the policy, and the reference runs once
-  per episode instead of once per token. ``log pi`` is the buffer's log-probability of the action
-  (the LM head's softmax); for ``MaskablePPO`` the buffer holds the *masked* log-probabilities, so
-  the unmasked ones are recomputed the same batched way.
+* :class:`KLPenaltyCallback`, for SB3's on-policy algorithms
+  (:class:`agents.algorithms.ppo.EpisodePPO`, ``PPO``, ``A2C``, sb3-contrib ``TRPO`` and
+  ``MaskablePPO``/NLPO). Forward only: after each rollout it reads the rollout buffer (observations,
+  actions, episode starts, the policy's own log-probabilities), computes the reference's
+  log-probabilities of the rollout's actions in batched full-sequence forwards, one per episode
+  segment, packed as in EpisodePPO's update (:func:`episode_action_log_probs`), subtracts the
+  penalty from ``rollout_buffer.rewards`` and recomputes the advantages and returns with SB3's own
+  ``compute_returns_and_advantage``, all before ``collect_rollouts`` returns. The envs never see the
+  policy, and the reference runs once per episode instead of once per token. ``log pi`` is the
+  buffer's log-probability of the action (the LM head's softmax); for ``MaskablePPO`` the buffer
+  holds the *masked* log-probabilities, so the unmasked ones are recomputed the same batched way.
 * :class:`KLPenaltyVecEnv`, a ``VecEnvWrapper`` that shapes each step's reward in the env chain,
   for agents outside SB3's on-policy loop (DQN in the zoo, users' own loops): it runs the policy's
   network (``pi`` is its LM head's softmax: for DQN the softmax of the Q-values) and the reference
@@ -37,7 +37,7 @@ short runs need a shorter horizon (a few rollouts) and a sensible initial ``coef
 a collapse: a policy that samples one sequence gets the same penalty on every sample, so no
 gradient back towards the reference, whatever the coefficient (see
 ``tests/test_learning.py::test_ppo_learns_sentiment_with_bounded_kl``). Checkpoints of
-:func:`agents.training.train_run` keep the coefficient (``state_dict``, found with
+:func:`agents.common.training.train_run` keep the coefficient (``state_dict``, found with
 :func:`kl_penalty_of`) and a resumed run continues with it.
 
 Usage::
@@ -72,9 +72,15 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from agents.network import CausalLMActorCritic, RolloutKVCache
-from agents.policies import lm_network
-from agents.ppo import IDS_KEY, MASK_KEY, EpisodeIndex, build_episode_index, episode_hidden_states
+from agents.algorithms.ppo import (
+    IDS_KEY,
+    MASK_KEY,
+    EpisodeIndex,
+    build_episode_index,
+    episode_hidden_states,
+)
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
+from agents.networks.policies import lm_network
 
 __all__ = [
     "AdaptiveKLController",
@@ -309,13 +315,13 @@ class _KLPenalty:
 
     def attach(self, policy: torch.nn.Module) -> None:
         """Make the reference from ``policy`` if there is none yet (its
-        :meth:`~agents.network.CausalLMActorCritic.reference_lm`: a frozen copy of its LM, made
-        once, so call it with the *starting* policy; with LoRA the same LM with its adapters off,
-        no copy), move it to the policy's device and check that
-        both have the same vocabulary.
+        :meth:`~agents.networks.actor_critic.CausalLMActorCritic.reference_lm`: a frozen copy of its
+        LM, made once, so call it with the *starting* policy; with LoRA the same LM with its
+        adapters off, no copy), move it to the policy's device and check that both have the same
+        vocabulary.
 
-        :param policy: a policy of :mod:`agents.policies` (or a :class:`CausalLMActorCritic`).
-        :raises ValueError: the vocabularies differ.
+        :param policy: a policy of :mod:`agents.networks.policies` (or a
+        :class:`CausalLMActorCritic`). :raises ValueError: the vocabularies differ.
         """
         net = lm_network(policy)
         device = next(net.parameters()).device
@@ -341,7 +347,7 @@ class _KLPenalty:
 
     def state_dict(self) -> dict[str, Any]:
         """The KL controller's state (coefficient, target, horizon), JSON-serialisable: what a
-        checkpoint keeps (``state.json`` of :func:`agents.training.train_run`)."""
+        checkpoint keeps (``state.json`` of :func:`agents.common.training.train_run`)."""
         return self.controller.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -393,13 +399,13 @@ def episode_action_log_probs(
     flattened rollout, one trunk forward per episode segment.
 
     Segments are packed by length into forwards of at most ``max_batch_tokens`` tokens (one
-    segment longer than that runs alone) through :func:`agents.ppo.episode_hidden_states`, the
-    function EpisodePPO's update uses; transitions the index could not match run on their own
-    windows (``network.last_hidden``). The LM head runs only at the transitions' positions, on a
-    bounded number of rows at a time.
+    segment longer than that runs alone) through
+    :func:`agents.algorithms.ppo.episode_hidden_states`, the function EpisodePPO's update uses;
+    transitions the index could not match run on their own windows (``network.last_hidden``). The LM
+    head runs only at the transitions' positions, on a bounded number of rows at a time.
 
     :param network: the model (the reference, or the policy's network).
-    :param index: :func:`agents.ppo.build_episode_index` of the flattened rollout.
+    :param index: :func:`agents.algorithms.ppo.build_episode_index` of the flattened rollout.
     :param input_ids: ``(n, W)`` long ids of the flattened rollout, on ``network``'s device.
     :param attention_mask: ``(n, W)`` its attention masks.
     :param actions: ``(n,)`` long actions.
@@ -439,8 +445,8 @@ def episode_action_log_probs(
 
 def buffer_holds_unmasked_log_probs(policy: torch.nn.Module) -> bool:
     """Whether the rollout buffer's log-probabilities are the LM head's unmasked softmax: true
-    for :class:`agents.policies.LMActorCriticPolicy`, false for a ``MaskablePPO`` policy (NLPO's
-    top-p mask or env masks renormalise the distribution)."""
+    for :class:`agents.networks.policies.LMActorCriticPolicy`, false for a ``MaskablePPO`` policy
+    (NLPO's top-p mask or env masks renormalise the distribution)."""
     return not isinstance(policy, MaskableActorCriticPolicy)
 
 
@@ -669,7 +675,8 @@ class KLPenaltyVecEnv(_KLPenalty, VecEnvWrapper):
         """Use ``policy``'s network for ``log pi``; make the reference (a frozen copy of its LM)
         if none yet (see :meth:`_KLPenalty.attach`).
 
-        :param policy: a policy of :mod:`agents.policies` (or a :class:`CausalLMActorCritic`).
+        :param policy: a policy of :mod:`agents.networks.policies` (or a
+        :class:`CausalLMActorCritic`).
         """
         super().attach(policy)
         self.policy = policy
@@ -798,5 +805,5 @@ def kl_penalty_of(obj: Any) -> KLPenaltyCallback | KLPenaltyVecEnv | None:
     return find_kl_wrapper(obj) if isinstance(obj, VecEnv) else None
 
 
-#: The former name of :func:`kl_penalty_of` (:mod:`agents.training` calls it).
+#: The former name of :func:`kl_penalty_of` (:mod:`agents.common.training` calls it).
 kl_wrapper_of = kl_penalty_of

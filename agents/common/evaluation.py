@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import ObsDict, load_lm_for_env, resolve_device, text_env
+from agents.common.base import ObsDict, load_lm_for_env, resolve_device, text_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -1,7 +1,7 @@
 """The policy of an RLlib run without Ray: env ids, tied weights, evaluation, loading a checkpoint.
 
 Nothing here imports Ray: a run folder written by :func:`agents.rllib.train_rllib` is evaluated and
-exported with lm-gym's own code (:class:`agents.network.CausalLMActorCritic`).
+exported with lm-gym's own code (:class:`agents.networks.actor_critic.CausalLMActorCritic`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.network import CausalLMActorCritic, RolloutKVCache
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 
 if TYPE_CHECKING:
     from agents.rllib.module import LMRLModule
@@ -173,7 +173,7 @@ def load_policy(
 
     :param run_dir: the run folder (its ``config.json`` names the model).
     :param checkpoint: a checkpoint folder (default ``run_dir/checkpoint``).
-    :return: a :class:`~agents.network.CausalLMActorCritic` in eval mode, on CPU.
+    :return: a :class:`~agents.networks.actor_critic.CausalLMActorCritic` in eval mode, on CPU.
     :raises FileNotFoundError: no config or no module state.
     :raises ValueError: the state does not fit the model the config names.
     """

@@ -31,7 +31,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from agents.network import CausalLMActorCritic, RolloutKVCache
+from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 
 __all__ = [
     "NLPOActionMaskWrapper",

@@ -1,10 +1,10 @@
 """Tabular agents for small-vocabulary text envs: Q-learning and REINFORCE.
 
 The state of a tabular agent is the tuple of real token ids of the observation (the ids where
-``attention_mask == 1``, see :func:`agents.mdp.state_key`); its actions are the whole vocabulary or
-a restricted set of token ids (``actions=[...]``). Tables grow as states are met, so no model of the
-env is needed; on the envs of :mod:`lm_gym.tasks.toy` the results can be checked against the exact
-solution of :mod:`agents.mdp`.
+``attention_mask == 1``, see :func:`agents.tabular.mdp.state_key`); its actions are the whole
+vocabulary or a restricted set of token ids (``actions=[...]``). Tables grow as states are met, so
+no model of the env is needed; on the envs of :mod:`lm_gym.tasks.toy` the results can be checked
+against the exact solution of :mod:`agents.tabular.mdp`.
 
 Every agent follows the protocol of the agent zoo (a subset of stable-baselines3's)::
 
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from agents.mdp import StateKey, state_key
+from agents.tabular.mdp import StateKey, state_key
 
 #: A function callback: ``callback(locals_, globals_) -> bool | None``; ``False`` stops learning.
 Callback = Callable[[dict[str, Any], dict[str, Any]], Any]

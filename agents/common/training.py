@@ -38,8 +38,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import load_agent
-from agents.hyperparams import RunConfig
+from agents.common.base import load_agent
+from agents.common.config import RunConfig
 from agents.registry import agent_spec, make_agent
 
 __all__ = [
@@ -170,10 +170,11 @@ def _resume_candidates(out: Path) -> list[tuple[int, Path]]:
 
 
 def _kl_penalty(agent: Any) -> Any:
-    """The agent's KL penalty (:class:`agents.kl.KLPenaltyCallback` or
-    :class:`agents.kl.KLPenaltyVecEnv`), whose coefficient checkpoints keep; ``None`` if it has
-    none. None exists unless ``agents.kl`` was imported, so agents without one never import it."""
-    kl = sys.modules.get("agents.kl")
+    """The agent's KL penalty (:class:`agents.algorithms.kl.KLPenaltyCallback` or
+    :class:`agents.algorithms.kl.KLPenaltyVecEnv`), whose coefficient checkpoints keep; ``None`` if
+    it has none. None exists unless ``agents.algorithms.kl`` was imported, so agents without one
+    never import it."""
+    kl = sys.modules.get("agents.algorithms.kl")
     return None if kl is None else kl.kl_penalty_of(agent)
 
 

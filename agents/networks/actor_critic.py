@@ -3,9 +3,9 @@
 :class:`CausalLMActorCritic` holds any ``transformers`` causal LM (GPT-2, Llama, ...): its trunk
 (``model.base_model``) and its LM head (``model.get_output_embeddings()``, the actor: logits over
 the vocabulary at the last position) plus a small value head on the trunk's last hidden state (the
-critic). Every front end (the SB3 policies in :mod:`agents.policies`, the KL reference in
-:mod:`agents.kl`, the NLPO mask model, the RLlib module) is a thin adapter over this class.
-``GPT2ActorCritic`` is the same class under its former name.
+critic). Every front end (the SB3 policies in :mod:`agents.networks.policies`, the KL reference in
+:mod:`agents.algorithms.kl`, the NLPO mask model, the RLlib module) is a thin adapter over this
+class. ``GPT2ActorCritic`` is the same class under its former name.
 
 Observations are lm-gym windows: token ids right-aligned with padding on the LEFT, so the last
 position is always the newest real token. Left padding needs explicit ``position_ids`` (learned
@@ -141,8 +141,8 @@ def check_model_fits(
         small = n < 1000  # a word-level env: its own small vocabulary, no LM tokenizer
         fix = (
             f"a word-level env has its own vocabulary: build the model with it, "
-            f"policy_kwargs={{'model': agents.base.model_for_env(<model name>, env)}} (a built-in "
-            f"model such as 'tiny-gpt2' with {n} tokens, random init)"
+            f"policy_kwargs={{'model': agents.common.base.model_for_env(<model name>, env)}} "
+            f"(a built-in model such as 'tiny-gpt2' with {n} tokens, random init)"
             if small
             else f"build the env with the model's tokenizer, gym.make(<env id>, "
             f"tokenizer={tokenizer}), or use a model whose vocabulary has {n} tokens"
@@ -178,7 +178,7 @@ def pack_real_tokens(
 ) -> torch.Tensor:
     """Real tokens of left-padded windows, left-aligned in a ``(B, max(lengths))`` batch: one causal
     forward over them gives the hidden state of every shorter window whose real tokens are a
-    prefix (:class:`agents.ppo.EpisodePPO`'s update, the RLlib module's train forward).
+    prefix (:class:`agents.algorithms.ppo.EpisodePPO`'s update, the RLlib module's train forward).
 
     :param input_ids: ``(n, W)`` all observation ids of the buffer (long).
     :param context_rows: ``(B,)`` rows of the context windows.

@@ -6,14 +6,14 @@ reference outputs, then improve the reward with RL from there. Here:
 * :func:`demonstrations`: the (prompt, target) token sequences of an env's split. Data-set tasks use
   their references; procedural tasks use a demonstration writer registered for their reward
   (:func:`register_demonstrator`: count-up and alliteration are built in); enumerable envs
-  (``LMToy-v0``, ``LMWordSort-v0``) use the exact optimal policy of :mod:`agents.mdp`.
+  (``LMToy-v0``, ``LMWordSort-v0``) use the exact optimal policy of :mod:`agents.tabular.mdp`.
 * :func:`supervised_finetune`: teacher-forced cross-entropy on the target tokens only, in the env's
   own token layout (left-padded windows, the episode's stop token appended when it fits).
 * :func:`warm_start`: fine-tune a named model and save it as a Hugging Face folder; every LM agent
   of the zoo takes that folder as its ``model`` (and its factory takes ``warm_start={...}``).
 * :class:`SupervisedAgent`: the same fine-tuning as an agent of the zoo (``"supervised"``): its
   ``learn`` trains on the references (a timestep is one target token), its ``predict`` decodes
-  greedily (or samples) like :class:`agents.baselines.LMDecodingAgent`.
+  greedily (or samples) like :class:`agents.decoding.LMDecodingAgent`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,20 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from agents.base import Callback, call_callback, env_id_of, fresh_env, resolve_device, text_env
-from agents.baselines import LMDecodingAgent
+from agents.common.base import (
+    Callback,
+    call_callback,
+    env_id_of,
+    fresh_env,
+    resolve_device,
+    text_env,
+)
+from agents.decoding import LMDecodingAgent
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from agents.network import CausalLMActorCritic
+    from agents.networks.actor_critic import CausalLMActorCritic
 
 __all__ = [
     "Demonstration",
@@ -133,7 +140,7 @@ def _target(env: gym.Env, prompt_ids: tuple[int, ...], answer: str) -> tuple[int
 
 
 def _optimal_rollouts(env: gym.Env) -> list[Demonstration]:
-    from agents.mdp import solve, state_key
+    from agents.tabular.mdp import solve, state_key
 
     inner = text_env(env)
     mdp, solution = solve(inner)
@@ -160,7 +167,7 @@ def demonstrations(
     """The supervised examples of an env's configured split.
 
     :param env: an lm-gym env (its split, template and window are used). An env made by id is
-        copied (:func:`agents.base.fresh_env`) before procedural prompts are drawn; any other
+        copied (:func:`agents.common.base.fresh_env`) before procedural prompts are drawn; any other
         env is reset here.
     :param max_samples: at most this many examples (data sets: the first ones; procedural
         tasks: this many drawn prompts, default 256).
@@ -201,7 +208,7 @@ def demonstrations(
     raise ValueError(
         f"{env_id_of(env) or type(inner).__name__} has no references to learn from: its samples "
         "carry none and no demonstrator is registered for its reward "
-        f"{inner.reward_name!r} (see agents.supervised.register_demonstrator)."
+        f"{inner.reward_name!r} (see agents.algorithms.supervised.register_demonstrator)."
     )
 
 
@@ -277,7 +284,7 @@ def supervised_finetune(
     """
     import torch
 
-    from agents.network import CausalLMActorCritic
+    from agents.networks.actor_critic import CausalLMActorCritic
 
     demos = demonstrations(env, max_samples=max_samples, seed=seed)
     dev = resolve_device(device)
@@ -329,7 +336,7 @@ def warm_start(
     :param device: see :func:`supervised_finetune`.
     :return: the folder's path.
     """
-    from agents.base import load_lm_for_env
+    from agents.common.base import load_lm_for_env
 
     options = {
         "model": model,
@@ -360,7 +367,7 @@ def warm_start(
         seed=seed,
         device=device,
     )
-    lm.to("cpu").save_pretrained(folder)  # type: ignore[arg-type]  # as in agents.evaluation
+    lm.to("cpu").save_pretrained(folder)  # type: ignore[arg-type]  # as in agents.common.evaluation
     from lm_gym.models import load_tokenizer, tokenizer_name_for_model
 
     tokenizer = tokenizer_name_for_model(model)

@@ -33,7 +33,7 @@ import yaml
 from agents.registry import agent_spec
 
 #: The folder of the built-in hyperparameter files.
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: Keys of a config that describe the run rather than the agent.
 RUN_KEYS = ("n_timesteps", "env_kwargs", "eval_episodes", "checkpoint_freq", "seed")
@@ -94,7 +94,8 @@ def load_hyperparams(agent: str, env_id: str, model: str | None = None) -> dict[
     Sections are applied in this order, later ones winning: ``default``, the env id's section,
     then, when ``model`` is given and the file has a ``models:`` mapping with an entry for it, that
     model's ``default`` and env-id sections (a recipe tuned for one pretrained model; a folder made
-    by :func:`agents.supervised.warm_start` uses the recipe of the model it was fine-tuned from)::
+    by :func:`agents.algorithms.supervised.warm_start` uses the recipe of the model it was
+    fine-tuned from)::
 
         default: {n_steps: 256}
         LMText-v0: {kl_coef: 0.05}
@@ -118,7 +119,7 @@ def load_hyperparams(agent: str, env_id: str, model: str | None = None) -> dict[
     merge_options(out, copy.deepcopy(data.get(env_id) or {}))
     models = data.get("models") or {}
     if model is not None and model not in models:
-        from agents.supervised import base_model_name
+        from agents.algorithms.supervised import base_model_name
 
         model = base_model_name(model)
     if model is not None and model in models:

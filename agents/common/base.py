@@ -239,11 +239,11 @@ def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedMod
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"``: CUDA when present, else CPU; an explicit ``"cuda"`` without CUDA raises
-    (:func:`agents.network.strict_device`).
+    (:func:`agents.networks.actor_critic.strict_device`).
 
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     """
-    from agents.network import strict_device
+    from agents.networks.actor_critic import strict_device
 
     return strict_device(device)
 
@@ -386,10 +386,10 @@ class BaseAgent:
 class LMAgent(BaseAgent):
     """Base of the agents whose policy is a causal LM acting one token per step.
 
-    It owns the network (:class:`agents.network.CausalLMActorCritic`), a per-env KV cache
-    (:class:`agents.network.RolloutKVCache`: a step computes only the new token) and a torch
-    generator seeded from the agent's ``rng``, for sampling. Subclasses check their own options,
-    then call :meth:`_init_lm`.
+    It owns the network (:class:`agents.networks.actor_critic.CausalLMActorCritic`), a per-env KV
+    cache (:class:`agents.networks.actor_critic.RolloutKVCache`: a step computes only the new token)
+    and a torch generator seeded from the agent's ``rng``, for sampling. Subclasses check their own
+    options, then call :meth:`_init_lm`.
 
     :param env: the env.
     :param seed: seeds the agent's draws.
@@ -415,7 +415,7 @@ class LMAgent(BaseAgent):
         """
         import torch
 
-        from agents.network import CausalLMActorCritic, RolloutKVCache
+        from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 
         self.model = model if isinstance(model, str) else "<object>"
         self.device = device

@@ -39,19 +39,20 @@ Rollouts are SB3's loop too, with two changes to its value bootstraps of truncat
 
 * An episode that reached its token budget (``max_new_tokens``: lm-gym's envs say so in
   ``info["token_budget_reached"]``) is not bootstrapped: the budget is part of the task, the text
-  has just been scored, and the state reached is terminal with value 0 (:mod:`agents.budget`).
-  The return target is then the task reward alone, and the rollout saves the extra value forward
-  (1.7% of the rollout's CPU time with ``gpt2-6l-384``, 8 envs x 48 tokens on ``LMText-v0``; 16%
-  on ``LMCountUp-v0`` with 12 tokens and episodes of mixed lengths). Other truncations (a
-  user's ``TimeLimit``) are bootstrapped; ``bootstrap_at_budget=True`` restores SB3's behaviour.
+  has just been scored, and the state reached is terminal with value 0
+  (:mod:`agents.algorithms.budget`). The return target is then the task reward alone, and the
+  rollout saves the extra value forward (1.7% of the rollout's CPU time with ``gpt2-6l-384``, 8 envs
+  x 48 tokens on ``LMText-v0``; 16% on ``LMCountUp-v0`` with 12 tokens and episodes of mixed
+  lengths). Other truncations (a user's ``TimeLimit``) are bootstrapped;
+  ``bootstrap_at_budget=True`` restores SB3's behaviour.
 * The bootstraps that remain are made in one batched call through the KV cache
   (:meth:`EpisodePPO.truncation_values`) instead of SB3's ``predict_values`` per truncated env (a
   batch-1 full-window forward that also resets the policy's batched KV cache).
 
-Usage (any policy built on :class:`agents.network.CausalLMActorCritic`)::
+Usage (any policy built on :class:`agents.networks.actor_critic.CausalLMActorCritic`)::
 
-    from agents.ppo import EpisodePPO
-    from agents.policies import LMActorCriticPolicy
+    from agents.algorithms.ppo import EpisodePPO
+    from agents.networks.policies import LMActorCriticPolicy
 
     model = EpisodePPO(LMActorCriticPolicy, env, policy_kwargs={"model": "tiny-gpt2"})
     model.learn(10_000)
@@ -74,9 +75,9 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from agents.budget import TerminalAtBudgetVecEnv, bootstraps
-from agents.network import CausalLMActorCritic, left_padded_rows, pack_real_tokens
-from agents.policies import LMActorCriticPolicy
+from agents.algorithms.budget import TerminalAtBudgetVecEnv, bootstraps
+from agents.networks.actor_critic import CausalLMActorCritic, left_padded_rows, pack_real_tokens
+from agents.networks.policies import LMActorCriticPolicy
 
 __all__ = [
     "EpisodeIndex",
@@ -212,7 +213,7 @@ def segment_groups(index: EpisodeIndex, max_size: int) -> list[np.ndarray]:
 def find_network(policy: th.nn.Module) -> CausalLMActorCritic | None:
     """The actor-critic network of a policy whose ``evaluate_actions`` EpisodePPO can reproduce.
 
-    That is :class:`agents.policies.LMActorCriticPolicy` or a subclass that keeps its
+    That is :class:`agents.networks.policies.LMActorCriticPolicy` or a subclass that keeps its
     ``evaluate_actions`` (logits = the network's LM head on the last hidden state, values = its
     value head or zeros without one, a plain categorical distribution); ``None`` for any other policy.
 
@@ -263,7 +264,7 @@ def episode_hidden_states(
     hidden state is read at its own position (that of its window's newest token). The same hidden
     states as ``network.last_hidden`` on each transition's window, up to float rounding. Shared by
     the update (:func:`evaluate_episode_actions`) and the KL penalty
-    (:func:`agents.kl.episode_action_log_probs`).
+    (:func:`agents.algorithms.kl.episode_action_log_probs`).
 
     :param network: the network whose trunk runs.
     :param index: the buffer's episode index; every ``batch_inds`` entry must be matched.
@@ -336,8 +337,8 @@ class EpisodePPO(PPO):
     early stopping are SB3's. Only the evaluation of a minibatch differs (see the module docstring):
     the values, log-probabilities and entropies equal ``policy.evaluate_actions``'s up to float
     rounding, at a fraction of the cost. Needs a policy built on
-    :class:`agents.network.CausalLMActorCritic` and lm-gym's ``Dict(input_ids, attention_mask)``
-    observations; otherwise (or with ``episode_eval=False``) it is stock PPO.
+    :class:`agents.networks.actor_critic.CausalLMActorCritic` and lm-gym's ``Dict(input_ids,
+    attention_mask)`` observations; otherwise (or with ``episode_eval=False``) it is stock PPO.
 
     :param args: positional arguments of :class:`stable_baselines3.PPO` (policy, env).
     :param episode_eval: use the episode-level evaluation (``False``: stock per-transition
@@ -379,7 +380,7 @@ class EpisodePPO(PPO):
     def truncation_values(self, infos: list[dict[str, Any]], dones: np.ndarray) -> dict[int, float]:
         """Values of the terminal observations of the envs whose episode was truncated this step,
         by a time limit or, with ``bootstrap_at_budget``, by the token budget
-        (:func:`agents.budget.bootstraps`).
+        (:func:`agents.algorithms.budget.bootstraps`).
 
         SB3 bootstraps each truncated episode with its own ``predict_values`` call (batch 1: a
         full-window forward each, which also invalidates a batched KV cache). Here one call

@@ -1,5 +1,5 @@
 """Exact models of small envs with a hidden start state (a partner's secret), for the solvers of
-:mod:`agents.mdp`.
+:mod:`agents.tabular.mdp`.
 
 A multi-turn game such as ``LMGuessNumberWords-v0`` hides part of its state (the number the partner
 thinks of) but shows the agent the whole history. An observation-based policy then faces an MDP
@@ -7,13 +7,13 @@ over observations whose transitions are stochastic: after a guess, the reply dep
 number, with the probability of the hidden starts still consistent with the history (the belief
 is a function of the observation). :meth:`BeliefMDP.from_env` builds this MDP exactly by driving the
 env from every hidden start (``env.hidden_starts()``: ``[(reset options, probability), ...]``) and
-trying every action in every reachable state. :class:`BeliefMDP` is a :class:`~agents.mdp.TabularMDP`
-with several outcomes per ``(state, action)``, so :func:`agents.mdp.value_iteration`,
-:func:`~agents.mdp.policy_iteration` (``method="iterative"``) and the policy checks apply as they
-are::
+trying every action in every reachable state. :class:`BeliefMDP` is a
+:class:`~agents.tabular.mdp.TabularMDP` with several outcomes per ``(state, action)``, so
+:func:`agents.tabular.mdp.value_iteration`, :func:`~agents.tabular.mdp.policy_iteration`
+(``method="iterative"``) and the policy checks apply as they are::
 
-    from agents.belief import BeliefMDP
-    from agents.mdp import value_iteration
+    from agents.tabular.belief import BeliefMDP
+    from agents.tabular.mdp import value_iteration
 
     mdp = BeliefMDP.from_env("LMGuessNumberWords-v0")
     value_iteration(mdp).start_value   # 1 - 0.1 * 17/7: binary search
@@ -28,12 +28,13 @@ from typing import Any, cast
 import gymnasium as gym
 import numpy as np
 
-from agents.mdp import StateKey, TabularMDP, _make_env, state_key
+from agents.tabular.mdp import StateKey, TabularMDP, _make_env, state_key
 
 
 @dataclass
 class BeliefMDP(TabularMDP):
-    """A :class:`~agents.mdp.TabularMDP` whose ``(state, action)`` pairs have up to ``K`` outcomes.
+    """A :class:`~agents.tabular.mdp.TabularMDP` whose ``(state, action)`` pairs have up to ``K``
+    outcomes.
 
     :param outcomes: ``(S, A, K)`` int array: the next state of each outcome, ``-1`` for the
         episode's end or an unused outcome slot.

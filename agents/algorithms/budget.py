@@ -26,15 +26,15 @@ learn to exploit; TRL's PPO, too, takes the value after the last generated token
 The agents here treat such a truncation as terminal; any other truncation (a ``TimeLimit`` wrapper
 shorter than the budget) keeps SB3's bootstrap:
 
-* :class:`agents.ppo.EpisodePPO` by default (``bootstrap_at_budget=False``; ``True`` restores SB3's
-  behaviour).
+* :class:`agents.algorithms.ppo.EpisodePPO` by default (``bootstrap_at_budget=False``; ``True``
+  restores SB3's behaviour).
 * any other SB3 algorithm on a vector env wrapped in :class:`TerminalAtBudgetVecEnv`, which sets
   ``info["TimeLimit.truncated"] = False`` at the budget (the zoo's ``a2c``, ``trpo``, ``nlpo`` and
   ``dqn`` agents do this unless made with ``bootstrap_at_budget=True``)::
 
       from stable_baselines3 import A2C
-      from agents.budget import TerminalAtBudgetVecEnv
-      from agents.policies import LMActorCriticPolicy
+      from agents.algorithms.budget import TerminalAtBudgetVecEnv
+      from agents.networks.policies import LMActorCriticPolicy
 
       model = A2C(LMActorCriticPolicy, TerminalAtBudgetVecEnv(venv), ...)
 """

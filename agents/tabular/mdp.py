@@ -7,7 +7,7 @@ every token in every reachable state (replaying the state's tokens from a reset)
 cannot drift from the env's rules. The solvers then give the ground truth that learning agents are
 checked against::
 
-    from agents.mdp import TabularMDP, value_iteration, optimal_return
+    from agents.tabular.mdp import TabularMDP, value_iteration, optimal_return
 
     mdp = TabularMDP.from_env("LMToy-v0")
     result = value_iteration(mdp)
@@ -15,11 +15,11 @@ checked against::
     optimal_return("LMWordSort-v0")  # 1.0
 
 States are the tuples of real token ids of the observation (the ids where ``attention_mask == 1``),
-the same keys the tabular agents of :mod:`agents.tabular` use. The observation window of these envs
-holds the whole episode, so the key is the full (Markov) state. Transitions are deterministic (the
-env's only randomness is the start prompt); an episode's end, terminated or truncated, is absorbing
-with value 0 (the token count is part of the state, so a truncation is exact, not a time limit
-hidden from the state).
+the same keys the tabular agents of :mod:`agents.tabular.learning` use. The observation window of
+these envs holds the whole episode, so the key is the full (Markov) state. Transitions are
+deterministic (the env's only randomness is the start prompt); an episode's end, terminated or
+truncated, is absorbing with value 0 (the token count is part of the state, so a truncation is
+exact, not a time limit hidden from the state).
 
 Policies are arrays ``pi[s, a]`` of action probabilities over the model's states (rows sum to 1).
 """
