@@ -87,11 +87,15 @@ class LMDecodingAgent(LMAgent):
 
     :param env: an lm-gym env.
     :param model: causal LM name or folder (see :func:`agents.common.base.model_for_env`) or a
-    model. :param greedy: take the most likely token (otherwise sample). :param temperature:
-    sampling temperature (> 0). :param top_k: sample among the k most likely tokens (0: all). :param
-    top_p: nucleus sampling threshold (1.0: off). :param device: ``"auto"``, ``"cpu"`` or
-    ``"cuda"``. :param seed: seeds the sampling. :param verbose: unused. :raises ValueError: bad
-    decoding options, or a model whose vocabulary does not fit the env.
+        model.
+    :param greedy: take the most likely token (otherwise sample).
+    :param temperature: sampling temperature (> 0).
+    :param top_k: sample among the k most likely tokens (0: all).
+    :param top_p: nucleus sampling threshold (1.0: off).
+    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    :param seed: seeds the sampling.
+    :param verbose: unused.
+    :raises ValueError: bad decoding options, or a model whose vocabulary does not fit the env.
     """
 
     option_names: tuple[str, ...] = ("model", "greedy", "temperature", "top_k", "top_p", "device")

@@ -23,9 +23,11 @@ Discovery runs once, the first time the registry is listed or asked for a name i
 skipped; it never breaks the zoo. A plug-in whose module imports but needs an optional dependency
 that is not installed (its import raises ``ModuleNotFoundError`` for a module other than its own)
 is not an error: it is skipped quietly and listed by :func:`unavailable_agents` with what it needs
-(``lm-gym agents`` shows it as unavailable). lm-gym declares its own optional agent ``rllib-ppo``
-through this group too: its module imports without Ray (it loads and runs trained networks), and
-only its ``learn`` needs the ``ray`` extra.
+(``lm-gym agents`` shows it as unavailable). A plug-in may declare its registration options in the
+module attribute ``lm_gym_agents`` (:data:`PLUGIN_INFO`), e.g. ``lm_gym_agents = {"my-agent":
+{"tags": ("rl",), "summary": "..."}}`` beside the factory. lm-gym declares its own optional agent
+``rllib-ppo`` through this group too, its only registration: its module imports without Ray (it
+loads and runs trained networks), and only its ``learn`` needs the ``ray`` extra.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from agents.common.errors import UnknownAgentError, UnknownOptionError
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -117,16 +122,10 @@ class AgentSpec:
             )
 
 
-class UnknownAgentError(KeyError):
-    """An agent name that is neither registered nor declared by an installed plug-in."""
-
-    def __str__(self) -> str:  # KeyError quotes its message: show it plainly
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownOptionError(TypeError):
-    """A keyword argument (config key) that an agent factory does not take."""
-
+#: The module attribute where a plug-in's entry-point module may declare, per agent name, the
+#: keyword options of :func:`register_agent` (``summary``, ``tags``, ``defaults``, ``options``)
+#: applied when the entry point is discovered.
+PLUGIN_INFO = "lm_gym_agents"
 
 _REGISTRY: dict[str, AgentSpec] = {}
 _DISCOVERED = False
@@ -148,9 +147,8 @@ def register_agent(
     """Register an agent factory under a name.
 
     :param name: the registry name, a non-empty string without whitespace.
-    :param factory: ``factory(env, **kwargs)`` returning an :class:`~agents.common.base.Agent`; a
-    class
-        whose constructor takes the env first works as is.
+    :param factory: ``factory(env, **kwargs)`` returning an :class:`~agents.common.base.Agent`;
+        a class whose constructor takes the env first works as is.
     :param summary: one line for ``lm-gym agents`` (default: the factory's docstring, first line).
     :param defaults: keyword arguments applied before the caller's.
     :param tags: free-form labels.
@@ -166,6 +164,7 @@ def register_agent(
         raise TypeError(f"agent name must be a non-empty string without spaces, got {name!r}.")
     if not callable(factory):
         raise TypeError(f"agent factory for {name!r} must be callable, got {factory!r}.")
+    _ensure_zoo()  # a name of the zoo is taken even before anything was listed
     if name in _REGISTRY and not overwrite:
         raise ValueError(
             f"an agent named {name!r} is already registered (by {_REGISTRY[name].source}); "
@@ -241,13 +240,12 @@ def discover_agents(*, refresh: bool = False) -> dict[str, str]:
             continue
         taken = _REGISTRY.get(ep.name)
         if taken is not None and taken.factory is factory:
-            continue  # the import registered it (e.g. ``agents.rllib`` registers ``rllib-ppo``)
+            continue  # the plug-in's own import registered it (with register_agent)
+        declared = getattr(sys.modules.get(ep.module), PLUGIN_INFO, None) or {}
+        info = dict(declared.get(ep.name, {}))
+        tags = ("plugin", *info.pop("tags", ()))
         register_agent(
-            ep.name,
-            factory,
-            source=f"plugin:{_dist_name(ep)}",
-            tags=("plugin",),
-            overwrite=True,
+            ep.name, factory, source=f"plugin:{_dist_name(ep)}", tags=tags, overwrite=True, **info
         )
     return dict(_PLUGIN_ERRORS)
 
@@ -278,8 +276,23 @@ def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
     return getattr(dist, "name", None) or ep.value.partition(":")[0].partition(".")[0]
 
 
+_ZOO_REGISTERED = False
+
+
 def _ensure_zoo() -> None:
-    import agents.zoo  # noqa: F401  (registers the built-in names)
+    """Register the zoo's built-in agents, once (the zoo itself does not import the registry)."""
+    global _ZOO_REGISTERED
+    if _ZOO_REGISTERED:
+        return
+    _ZOO_REGISTERED = True  # before registering: register_agent calls back here
+    try:
+        from agents.zoo import builtin_agents
+
+        for name, factory, options in builtin_agents():
+            register_agent(name, factory, source="zoo", overwrite=True, **options)
+    except BaseException:
+        _ZOO_REGISTERED = False
+        raise
 
 
 def list_agents(*, tag: str | None = None) -> list[str]:

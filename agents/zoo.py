@@ -54,10 +54,11 @@ from typing import Any, cast
 
 import gymnasium as gym
 
-from agents.common.base import SB3Agent, fresh_env, model_for_env, resolve_device, stop_ids
-from agents.registry import UnknownOptionError, register_agent
+from agents.common.base import SB3Agent, fresh_env, model_for_env, stop_ids
+from agents.common.errors import UnknownOptionError
+from lm_gym.models import resolve_device
 
-__all__ = ["SB3_ALGORITHMS", "auto_learning_rate", "restricted_actions"]
+__all__ = ["SB3_ALGORITHMS", "auto_learning_rate", "builtin_agents", "restricted_actions"]
 
 #: Learning rate of ``"auto"`` for randomly initialised built-in models.
 LR_RANDOM_INIT = 1e-3
@@ -670,8 +671,10 @@ SB3_ALGORITHMS = {
 }
 
 
-def _register_all() -> None:
-    baselines: Iterable[tuple[str, Callable[..., Any], tuple[str, ...]]] = (
+def builtin_agents() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
+    """The zoo's agents as ``(name, factory, register_agent options)``, which
+    :mod:`agents.registry` registers on first use."""
+    plain: Iterable[tuple[str, Callable[..., Any], tuple[str, ...]]] = (
         ("random", make_random, ("baseline",)),
         ("greedy", make_greedy, ("baseline", "lm")),
         ("sample", make_sample, ("baseline", "lm")),
@@ -681,18 +684,14 @@ def _register_all() -> None:
         ("tabular-reinforce", make_tabular_reinforce, ("tabular",)),
         ("reinforce", make_reinforce, ("lm", "rl")),
     )
-    for name, factory, tags in baselines:
-        register_agent(name, factory, tags=tags, source="zoo", overwrite=True)
+    agents: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
+        (name, factory, {"tags": tags}) for name, factory, tags in plain
+    ]
     for name, summary in SB3_ALGORITHMS.items():
-        register_agent(
-            name,
-            _sb3_factory(name, summary),
-            summary=summary,
-            tags=("lm", "rl", "sb3"),
-            source="zoo",
-            options=functools.partial(_algo_option_names, name),
-            overwrite=True,
-        )
-
-
-_register_all()
+        options = {
+            "summary": summary,
+            "tags": ("lm", "rl", "sb3"),
+            "options": functools.partial(_algo_option_names, name),
+        }
+        agents.append((name, _sb3_factory(name, summary), options))
+    return agents

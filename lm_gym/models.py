@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -352,6 +353,29 @@ def tokenizer_name_for_model(model: str) -> str:
         )
         return model if has_tokenizer else "gpt2"
     return model
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device of a ``device=`` option: the one device resolution of lm-gym (envs' scorers,
+    policies, agents, evaluation). Like SB3's ``get_device``, but never falls back silently to the
+    CPU.
+
+    :param device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+        or a ``torch.device``.
+    :return: the device.
+    :raises RuntimeError: CUDA was asked for explicitly and is not available.
+    """
+    import torch
+
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} was asked for but CUDA is not available (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
+        )
+    return dev
 
 
 def is_offline() -> bool:

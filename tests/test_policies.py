@@ -37,9 +37,8 @@ from agents.networks.policies import (
     LMActorCriticPolicy,
     LMDQNPolicy,
     MaskableLMActorCriticPolicy,
-    strict_device,
 )
-from lm_gym.models import load_causal_lm, tokenizer_name_for_model
+from lm_gym.models import load_causal_lm, resolve_device, tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
 
 TINY = {"model": "tiny-gpt2"}
@@ -274,8 +273,8 @@ def test_window_longer_than_model_context():
 
 def test_auto_device_and_cpu():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert strict_device("auto").type == expected
-    assert strict_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
     model = build("PPO")
     assert model.policy.device.type == expected
 
@@ -283,9 +282,14 @@ def test_auto_device_and_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_asked_for_without_cuda_is_an_error():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
-        strict_device("cuda")
+        resolve_device("cuda")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         build("PPO", device="cuda")
+    # the scorers of the envs resolve devices the same way (one resolution for all of lm-gym)
+    from lm_gym.rewards.sentiment import ClassifierScorer
+
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        ClassifierScorer("any-folder", device="cuda")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -39,7 +39,7 @@ from ray.rllib.core.columns import Columns  # noqa: E402
 
 import lm_gym  # noqa: E402, F401  (registers the ids)
 from agents.networks.actor_critic import CausalLMActorCritic  # noqa: E402
-from agents.rllib import (  # noqa: E402  (also registers the agent "rllib-ppo")
+from agents.rllib import (  # noqa: E402
     LMRLModule,
     evaluate_policy,
     load_policy,

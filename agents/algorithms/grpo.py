@@ -259,7 +259,7 @@ class GroupRelativePPO(EpisodePPO):
         loaded, trained policy would then be its own reference: pass the starting model's name when
         resuming).
     :param kwargs: :class:`agents.algorithms.ppo.EpisodePPO` / :class:`stable_baselines3.PPO`
-    arguments.
+        arguments.
     :raises ValueError: a bad ``group_size``, ``advantage`` or ``kl_loss_coef``.
     """
 

@@ -321,7 +321,8 @@ class _KLPenalty:
         vocabulary.
 
         :param policy: a policy of :mod:`agents.networks.policies` (or a
-        :class:`CausalLMActorCritic`). :raises ValueError: the vocabularies differ.
+            :class:`CausalLMActorCritic`).
+        :raises ValueError: the vocabularies differ.
         """
         net = lm_network(policy)
         device = next(net.parameters()).device
@@ -676,7 +677,7 @@ class KLPenaltyVecEnv(_KLPenalty, VecEnvWrapper):
         if none yet (see :meth:`_KLPenalty.attach`).
 
         :param policy: a policy of :mod:`agents.networks.policies` (or a
-        :class:`CausalLMActorCritic`).
+            :class:`CausalLMActorCritic`).
         """
         super().attach(policy)
         self.policy = policy

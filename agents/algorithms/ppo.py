@@ -76,7 +76,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from agents.algorithms.budget import TerminalAtBudgetVecEnv, bootstraps
-from agents.networks.actor_critic import CausalLMActorCritic, left_padded_rows, pack_real_tokens
+from agents.networks.actor_critic import CausalLMActorCritic, left_padded_rows, packed_hidden
 from agents.networks.policies import LMActorCriticPolicy
 
 __all__ = [
@@ -282,18 +282,15 @@ def episode_hidden_states(
     positions = n_real[inverse] - 1 - offset
 
     device = input_ids.device
-    packed = pack_real_tokens(
+    return packed_hidden(
+        network,
         input_ids,
         th.as_tensor(index.context[uniq], device=device),
         th.as_tensor(n_real, device=device),
         th.as_tensor(lengths, device=device),
+        th.as_tensor(inverse, device=device),
+        th.as_tensor(positions, device=device),
     )
-    # Right padding under causal attention needs no mask: all ones keeps the fast causal path and
-    # gives positions 0..L-1, the positions the left-padded windows give their real tokens.
-    hidden, _ = network.run_trunk(packed, th.ones_like(packed))
-    rows = th.as_tensor(inverse, device=device)
-    cols = th.as_tensor(positions, device=device)
-    return hidden[rows, cols]
 
 
 def evaluate_episode_actions(
@@ -509,7 +506,7 @@ class EpisodePPO(PPO):
         else:
             buf.observations = buf.swap_and_flatten(buf.observations)
         for name in ("actions", "values", "log_probs", "advantages", "returns"):
-            buf.__dict__[name] = buf.swap_and_flatten(buf.__dict__[name])
+            setattr(buf, name, buf.swap_and_flatten(getattr(buf, name)))
         buf.generator_ready = True
 
     def _episode_setup(self) -> tuple[CausalLMActorCritic, EpisodeIndex, th.Tensor] | None:

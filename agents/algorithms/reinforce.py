@@ -46,13 +46,18 @@ class LMReinforce(LMAgent):
 
     :param env: an lm-gym env (one env; episodes are collected one after the other).
     :param model: causal LM name or folder (see :func:`agents.common.base.model_for_env`) or a
-    model. :param baseline: subtract a learned state value (a value head on the shared trunk).
+        model.
+    :param baseline: subtract a learned state value (a value head on the shared trunk).
     :param learning_rate: Adam step size (pretrained GPT-2: about 1e-5; random tiny GPT-2: 1e-3).
-    :param batch_episodes: episodes per gradient step. :param gamma: discount of the return. :param
-    ent_coef: entropy bonus. :param vf_coef: weight of the value loss (with a baseline). :param
-    max_grad_norm: gradient clipping. :param normalize_advantage: standardise the advantages of a
-    batch. :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``. :param seed: seeds the sampling and
-    the first reset. :param verbose: 1 prints a line per update.
+    :param batch_episodes: episodes per gradient step.
+    :param gamma: discount of the return.
+    :param ent_coef: entropy bonus.
+    :param vf_coef: weight of the value loss (with a baseline).
+    :param max_grad_norm: gradient clipping.
+    :param normalize_advantage: standardise the advantages of a batch.
+    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    :param seed: seeds the sampling and the first reset.
+    :param verbose: 1 prints a line per update.
     """
 
     option_names = (

@@ -34,10 +34,10 @@ from agents.common.base import (
     call_callback,
     env_id_of,
     fresh_env,
-    resolve_device,
     text_env,
 )
 from agents.decoding import LMDecodingAgent
+from lm_gym.models import resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from lm_gym.models import resolve_device
+
 if TYPE_CHECKING:
     import torch
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -235,17 +237,6 @@ def load_lm_for_env(model: str | PreTrainedModel, env: gym.Env) -> PreTrainedMod
             f"Discrete({cast(gym.spaces.Discrete, env.action_space).n})."
         )
     return lm
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU; an explicit ``"cuda"`` without CUDA raises
-    (:func:`agents.networks.actor_critic.strict_device`).
-
-    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-    """
-    from agents.networks.actor_critic import strict_device
-
-    return strict_device(device)
 
 
 # -- agents written in this package ---------------------------------------------------------------
@@ -500,6 +491,7 @@ class SB3Agent:
     def __init__(self, model: BaseAlgorithm, learn_kwargs: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.learn_kwargs = dict(learn_kwargs or {})
+        self._logger: Logger | None = None  # set by set_logger, kept across load
 
     @property
     def num_timesteps(self) -> int:
@@ -517,6 +509,7 @@ class SB3Agent:
 
     def set_logger(self, logger: Logger) -> None:
         """Use an SB3 logger (TensorBoard, CSV) for the model's training metrics."""
+        self._logger = logger
         self.model.set_logger(logger)
 
     def learn(self, total_timesteps: int, callback: Any = None) -> SB3Agent:
@@ -598,7 +591,7 @@ class SB3Agent:
         """
         from stable_baselines3.common.vec_env import VecEnv
 
-        logger = getattr(self.model, "_logger", None) if self.model._custom_logger else None
+        logger = self._logger
         # keep the vec env the factory built (Monitor, KL wrapper) unless a vec env is given
         env = env if isinstance(env, VecEnv) else self.model.get_env()
         self.model = type(self.model).load(str(path), env=env, device=self.model.device)

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from agents.common.base import ObsDict, load_lm_for_env, resolve_device, text_env
+from agents.common.base import ObsDict, load_lm_for_env, text_env
+from lm_gym.models import resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -45,28 +45,9 @@ __all__ = [
     "disable_dropout",
     "left_padded_rows",
     "pack_real_tokens",
+    "packed_hidden",
     "position_ids_from_mask",
-    "strict_device",
 ]
-
-
-def strict_device(device: str | torch.device = "auto") -> torch.device:
-    """Resolve a device like SB3's ``get_device``, but never fall back silently to the CPU.
-
-    :param device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
-        or a ``torch.device``.
-    :return: the device.
-    :raises RuntimeError: CUDA was asked for explicitly and is not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(device)!r} was asked for but CUDA is not available (torch "
-            f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or 'cpu'."
-        )
-    return dev
 
 
 def check_lm_spaces(
@@ -192,6 +173,37 @@ def pack_real_tokens(
     cols = torch.arange(span, device=input_ids.device)[None, :]
     cols = torch.minimum(cols, (lengths - 1)[:, None]) + (width - n_real)[:, None]
     return input_ids[context_rows].gather(1, cols)
+
+
+def packed_hidden(
+    network: CausalLMActorCritic,
+    input_ids: torch.Tensor,
+    context_rows: torch.Tensor,
+    n_real: torch.Tensor,
+    lengths: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """The episode forward: the trunk's hidden states of many windows from one forward over the
+    longer windows whose real tokens they are prefixes of (EpisodePPO's update, the KL reference,
+    the RLlib module's train forward).
+
+    :param network: the network whose trunk runs.
+    :param input_ids: ``(n, W)`` left-padded window ids (long).
+    :param context_rows: ``(B,)`` rows of the context windows; ``n_real``, ``lengths`` as for
+        :func:`pack_real_tokens`.
+    :param n_real: ``(B,)`` real tokens of each context window.
+    :param lengths: ``(B,)`` tokens to run of each (a prefix of its real tokens).
+    :param rows: ``(k,)`` context (index into ``context_rows``) of each wanted hidden state.
+    :param positions: ``(k,)`` its position in that context (``0`` = the first real token).
+    :return: ``(k, hidden)``, the hidden states ``network.last_hidden`` gives on the windows that
+        end there, up to float rounding.
+    """
+    packed = pack_real_tokens(input_ids, context_rows, n_real, lengths)
+    # Right padding under causal attention needs no mask: all ones keeps the fast causal path and
+    # gives positions 0..L-1, the positions the left-padded windows give their real tokens.
+    hidden, _ = network.run_trunk(packed, torch.ones_like(packed))
+    return hidden[rows, positions]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ puts the policy in training mode for them) run the full window.
   ``tokenizer=lm_gym.models.tokenizer_name_for_model(model)``.
 * ``value_hidden`` (0: linear value head), ``bf16`` (autocast on CUDA), ``kv_cache`` (True),
   ``dropout`` (False: dropout off, so PPO's ratio starts at 1), ``device`` (a strict device
-  request: ``"cuda"`` raises when CUDA is missing, see :func:`strict_device`),
+  request: ``"cuda"`` raises when CUDA is missing, see :func:`lm_gym.models.resolve_device`),
   ``attn_implementation`` (``"eager"`` for sb3-contrib's TRPO, which takes second derivatives).
 * ``ortho_init`` is forced to ``False``: SB3's orthogonal init would wipe the pretrained LM head
   (tied to the token embedding in GPT-2 and SmolLM2).
@@ -56,15 +56,13 @@ from agents.networks.actor_critic import (
     RolloutKVCache,
     check_lm_spaces,
     check_model_fits,
-    strict_device,
 )
+from lm_gym.models import resolve_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = [
-    "RECOMMENDED_LR_PRETRAINED",
-    "RECOMMENDED_LR_TINY",
     "GPT2ActorCriticPolicy",
     "GPT2DQNPolicy",
     "GPT2PolicyMixin",
@@ -78,14 +76,7 @@ __all__ = [
     "check_lm_spaces",
     "gpt2_network",
     "lm_network",
-    "strict_device",
 ]
-
-#: Learning rate for fine-tuning a pretrained LM (GPT-2, SmolLM2) with these policies (SB3's 3e-4
-#: is too high).
-RECOMMENDED_LR_PRETRAINED = 1e-5
-#: Learning rate for the randomly initialised built-in tiny models (tests, CPU examples).
-RECOMMENDED_LR_TINY = 1e-3
 
 
 def _split_obs(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,9 +89,22 @@ def _split_obs(obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor]:
     return obs["input_ids"].long(), obs["attention_mask"].long()
 
 
+def _target_device(*args: Any, **kwargs: Any) -> torch.device | None:
+    """The device of a ``Module.to(...)`` call (``to(device)``, ``to(tensor)``, ``to(device=...)``,
+    ``to(device, dtype)``); ``None`` for a dtype-only call."""
+    for arg in (kwargs.get("device"), kwargs.get("tensor"), *args):
+        if isinstance(arg, torch.Tensor):
+            return arg.device
+        if isinstance(arg, (str, torch.device)):
+            return torch.device(arg)
+        if isinstance(arg, int) and not isinstance(arg, bool):  # a CUDA ordinal, as torch reads it
+            return torch.device("cuda", arg)
+    return None
+
+
 def _strict_to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
     """``nn.Module.to`` that refuses to leave the device required by ``module._required_device``."""
-    target = torch._C._nn._parse_to(*args, **kwargs)[0]
+    target = _target_device(*args, **kwargs)
     required = getattr(module, "_required_device", None)
     if target is not None and required is not None and target.type != required.type:
         raise RuntimeError(
@@ -143,7 +147,7 @@ class _LMPolicyBase:
         self, observation_space: spaces.Space, action_space: spaces.Space, device: str | None
     ) -> None:
         self._window = check_lm_spaces(observation_space, action_space)
-        self._required_device = strict_device(device) if device is not None else None
+        self._required_device = resolve_device(device) if device is not None else None
 
     def _new_lm_net(self, value_head: bool) -> CausalLMActorCritic:
         kw = self._lm_kwargs

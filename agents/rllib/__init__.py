@@ -83,29 +83,6 @@ _WHERE = {
 }
 
 
-def _register() -> None:
-    """Register ``"rllib-ppo"`` in the agent registry (idempotent). The installed package also
-    declares it as an ``lm_gym.agents`` entry point, so the registry finds it without this import.
-    """
-    import importlib.util
-
-    from agents.registry import register_agent
-    from agents.rllib.agent import AGENT_OPTIONS, make_rllib_ppo
-
-    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), causal-LM actor-critic"
-    if importlib.util.find_spec("ray") is None:
-        summary += " [ray not installed: learn() needs pip install 'lm-gym[ray]']"
-    register_agent(
-        "rllib-ppo",
-        make_rllib_ppo,
-        summary=summary,
-        tags=("lm", "rl", "ray"),
-        source="agents.rllib",
-        options=lambda: AGENT_OPTIONS,
-        overwrite=True,
-    )
-
-
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'agents.rllib' has no attribute {name!r}")
@@ -116,6 +93,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-_register()

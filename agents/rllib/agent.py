@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -268,3 +269,21 @@ def make_rllib_ppo(env: gym.Env, **kwargs: Any) -> RLlibPPOAgent:
     :param kwargs: see :class:`RLlibPPOAgent`.
     """
     return RLlibPPOAgent(env, **kwargs)
+
+
+def _summary() -> str:
+    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), causal-LM actor-critic"
+    if importlib.util.find_spec("ray") is None:
+        summary += " [ray not installed: learn() needs pip install 'lm-gym[ray]']"
+    return summary
+
+
+#: What the registry records when it discovers the ``lm_gym.agents`` entry point ``rllib-ppo``
+#: (:data:`agents.registry.PLUGIN_INFO`): the agent's one registration.
+lm_gym_agents: dict[str, dict[str, Any]] = {
+    "rllib-ppo": {
+        "summary": _summary(),
+        "tags": ("lm", "rl", "ray"),
+        "options": lambda: AGENT_OPTIONS,
+    }
+}

@@ -21,7 +21,7 @@ from agents.networks.actor_critic import (
     check_lm_spaces,
     check_model_fits,
     left_padded_rows,
-    pack_real_tokens,
+    packed_hidden,
 )
 from agents.rllib.checkpoint import DEFAULT_MODEL, state_nbytes, tied_state_keys
 
@@ -85,11 +85,13 @@ def episode_last_hidden(
         ctx = np.asarray(contexts, dtype=np.int64)
         lengths = torch.as_tensor(n_real[ctx], device=device)
         span = int(lengths.max())
-        packed = pack_real_tokens(ids, torch.as_tensor(ctx, device=device), lengths, lengths)
-        hidden, _ = net.run_trunk(packed, torch.ones_like(packed))
         at_row = torch.as_tensor(context_of[matched], device=device)
         at_col = torch.as_tensor(n_real[matched] - 1, device=device)
-        parts.append(hidden[at_row, at_col])
+        parts.append(
+            packed_hidden(
+                net, ids, torch.as_tensor(ctx, device=device), lengths, lengths, at_row, at_col
+            )
+        )
         order.append(matched)
         positions += len(ctx) * span
     if len(other):

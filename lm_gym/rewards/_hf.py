@@ -6,21 +6,6 @@ from pathlib import Path
 from typing import Any
 
 
-def resolve_device(device: Any) -> Any:
-    """Turn ``"auto"`` into ``"cuda"`` when a GPU is available (else ``"cpu"``) and anything else
-    into a ``torch.device``.
-
-    :param device: ``"auto"``, a device string such as ``"cpu"`` or ``"cuda:0"``, or a
-        ``torch.device``.
-    :return: the ``torch.device``.
-    """
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def load_pretrained(loader: Any, model: str | Path, what: str, **kwargs: Any) -> Any:
     """Call ``loader.from_pretrained(model)`` and turn a failure into an error that says what
     was being loaded and how to load it offline.

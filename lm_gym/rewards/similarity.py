@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lm_gym.models import resolve_device
 from lm_gym.rewards import _hf
 from lm_gym.rewards.base import Scorer, batched
 
@@ -68,7 +69,7 @@ class SimilarityScorer(Scorer):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         self.model_name = str(model)
         self.batch_size = batch_size
-        self.device = _hf.resolve_device(device)
+        self.device = resolve_device(device)
         self.tokenizer = _hf.load_pretrained(AutoTokenizer, model, "embedding tokenizer")
         self.model = _hf.load_pretrained(AutoModel, model, "embedding model")
         self.model.to(self.device).eval()
