@@ -198,20 +198,34 @@ def _gguf_source(name: str) -> tuple[Path, str, str]:
     return path.parent, path.name, f"gguf-{path.stem}-{digest}-{CONVERSION_VERSION}"
 
 
-def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> None:
-    """Fill ``folder`` with ``write(tmp)`` under a temporary name, then rename it into place, so
-    that an interrupted write never leaves a half-written folder; when another process published
-    the folder first, its copy is kept.
+def write_folder_atomically(
+    folder: Path, write: Callable[[Path], None], *, replace: bool = False
+) -> None:
+    """Fill ``folder`` with ``write(tmp)`` under a temporary name (``<name>.<pid>.tmp``), then
+    rename it into place, so that an interrupted write never leaves a half-written folder: lm-gym's
+    one way to write a folder (converted models, warm starts, checkpoints).
 
-    :param folder: the folder to create (its parents are created).
+    :param folder: the folder to write (its parents are created).
     :param write: writes the content into the folder it is given (e.g. ``save_pretrained``).
+    :param replace: an existing ``folder`` is replaced, and stays whole (renamed aside) until the
+        new one is in place (checkpoints); otherwise, when another process published the folder
+        first, its copy is kept (caches).
     """
     import shutil
 
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        old = folder.with_name(f"{folder.name}.{os.getpid()}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     try:
         os.replace(tmp, folder)
     except OSError:  # another process published it first: keep theirs

@@ -483,3 +483,19 @@ def test_model_based_scorers_are_shared_per_process(tiny_classifier) -> None:
     assert other.reward_scorer.label == "NEGATIVE" and a.reward_scorer.label == "POSITIVE"
     assert shared_scorer("bleu") is not shared_scorer("bleu")  # not shareable: one per caller
     assert TextGenerationEnv().reward_scorer is not TextGenerationEnv().reward_scorer
+
+
+@pytest.mark.parametrize(
+    "name, prompt, answer",
+    [
+        ("count-up", "Write 3 increasing numbers, starting above 7:", " 8 9 10"),
+        ("alliteration", "Write words that start with the letter S:", " seven small snakes sing"),
+    ],
+)
+def test_verifiable_scorers_demonstrate_answers_that_score_one(name, prompt, answer):
+    """The verifiable tasks' scorers write the supervised warm start's demonstrations."""
+    from lm_gym.rewards import make_scorer
+
+    scorer = make_scorer(name)
+    assert scorer.demonstrate(prompt) == answer
+    assert scorer.score([answer], prompts=[prompt])[0] == 1.0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,9 @@ _DEMONSTRATORS: dict[str, Callable[[str, np.random.Generator], str]] = {}
 def register_demonstrator(
     reward: str, writer: Callable[[str, np.random.Generator], str], *, overwrite: bool = False
 ) -> None:
-    """Teach :func:`demonstrations` how to answer the prompts of a procedural task.
+    """Teach :func:`demonstrations` how to answer the prompts of a procedural task (a task whose
+    reward scorer has a ``demonstrate(prompt)`` method, as the verifiable tasks of
+    :mod:`lm_gym.tasks.verifiable`, needs none; a registered writer comes first).
 
     :param reward: the task's reward name (``env.unwrapped.reward_name``).
     :param writer: ``writer(prompt, rng)`` returns a correct answer text for the prompt.
@@ -86,39 +87,6 @@ def register_demonstrator(
     if reward in _DEMONSTRATORS and not overwrite:
         raise ValueError(f"A demonstrator for {reward!r} is already registered.")
     _DEMONSTRATORS[reward] = writer
-
-
-def _count_up(prompt: str, rng: np.random.Generator) -> str:
-    match = re.search(r"Write (\d+) increasing numbers, starting above (\d+):", prompt)
-    if match is None:
-        raise ValueError(f"Not a count-up prompt: {prompt!r}")
-    n, start = int(match.group(1)), int(match.group(2))
-    return " " + " ".join(str(start + 1 + i) for i in range(n))
-
-
-_WORDS_BY_LETTER = {
-    "b": "big bright blue bears bake bread",
-    "c": "cool cats can catch cold clams",
-    "d": "dark dogs dig deep dry ditches",
-    "m": "many mice make more music",
-    "p": "pink pigs paint pretty pots",
-    "s": "seven small snakes sing softly",
-    "t": "tall trees touch the tiny tower",
-}
-
-
-def _alliteration(prompt: str, rng: np.random.Generator) -> str:
-    match = re.search(r"start with the letter ([A-Za-z]):", prompt)
-    if match is None:
-        raise ValueError(f"Not an alliteration prompt: {prompt!r}")
-    letter = match.group(1).lower()
-    words = _WORDS_BY_LETTER.get(letter, "").split()
-    words = [w for w in words if w[0] == letter] or [letter + "a" * 2]
-    return " " + " ".join(words[:4])
-
-
-register_demonstrator("count-up", _count_up, overwrite=True)
-register_demonstrator("alliteration", _alliteration, overwrite=True)
 
 
 def _encode_prompt(env: gym.Env, prompt: str) -> tuple[int, ...]:
@@ -192,6 +160,9 @@ def demonstrations(
         if out:
             return out
     writer = _DEMONSTRATORS.get(inner.reward_name)
+    demonstrate = getattr(inner.reward_scorer, "demonstrate", None)
+    if writer is None and demonstrate is not None:  # the task's scorer knows the answers
+        writer = lambda prompt, rng: demonstrate(prompt)  # noqa: E731
     if writer is not None:
         rng = np.random.default_rng(seed)
         out = []
@@ -207,8 +178,9 @@ def demonstrations(
         return demos[:max_samples] if max_samples else demos
     raise ValueError(
         f"{env_id_of(env) or type(inner).__name__} has no references to learn from: its samples "
-        "carry none and no demonstrator is registered for its reward "
-        f"{inner.reward_name!r} (see agents.algorithms.supervised.register_demonstrator)."
+        "carry none, its reward scorer has no demonstrate(prompt) and no demonstrator is "
+        f"registered for its reward {inner.reward_name!r} (see "
+        "agents.algorithms.supervised.register_demonstrator)."
     )
 
 
@@ -349,10 +321,10 @@ def warm_start(
         "seed": seed,
     }
     if out_dir is None:
-        from lm_gym.data import cache_dir
+        from lm_gym.data.cache import cache_root
 
         key = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
-        out_dir = cache_dir().parent / "warm_start" / key[:16]
+        out_dir = cache_root() / "warm_start" / key[:16]
     folder = Path(out_dir)
     if (folder / ORIGIN_FILE).exists():
         return str(folder)
@@ -367,14 +339,18 @@ def warm_start(
         seed=seed,
         device=device,
     )
-    lm.to("cpu").save_pretrained(folder)  # type: ignore[arg-type]  # as in agents.common.evaluation
-    from lm_gym.models import load_tokenizer, tokenizer_name_for_model
+    from lm_gym.models import load_tokenizer, tokenizer_name_for_model, write_folder_atomically
 
     tokenizer = tokenizer_name_for_model(model)
-    if tokenizer != "gpt2":  # a model with its own vocabulary: the folder names it for the env
-        load_tokenizer(tokenizer).save_pretrained(folder)
     origin = dict(options, base=base_model_name(model), losses=[losses[0], losses[-1]])
-    (folder / ORIGIN_FILE).write_text(json.dumps(origin, indent=2, default=str), encoding="utf-8")
+
+    def write(tmp: Path) -> None:
+        lm.to("cpu").save_pretrained(tmp)  # type: ignore[arg-type]  # as in agents.common.evaluation
+        if tokenizer != "gpt2":  # a model with its own vocabulary: the folder names it for the env
+            load_tokenizer(tokenizer).save_pretrained(tmp)
+        (tmp / ORIGIN_FILE).write_text(json.dumps(origin, indent=2, default=str), encoding="utf-8")
+
+    write_folder_atomically(folder, write, replace=True)  # an incomplete older one is replaced
     return str(folder)
 
 

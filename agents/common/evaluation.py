@@ -347,8 +347,9 @@ def _reference_scores(
     """(NLL of the generated tokens under ``ref``, summed KL of the agent's policy to ``ref``) of a
     group of episodes.
 
-    One forward of ``ref`` over the final windows, left-padded, with explicit ``position_ids``, the
-    columns that every row has as padding cut off. The KL calls ``kl_fn`` (the agent's
+    One forward of ``ref`` over the final windows, left-padded, with the policies' position ids
+    (:func:`~agents.networks.actor_critic.position_ids_from_mask`), the columns that every row has
+    as padding cut off. The KL calls ``kl_fn`` (the agent's
     ``action_log_probs``) once per step on the group's observations of that step (an episode
     already over repeats its last one, so the batch keeps its shape for a KV cache).
 
@@ -361,13 +362,15 @@ def _reference_scores(
     """
     import torch
 
+    from agents.networks.actor_critic import position_ids_from_mask
+
     device = next(ref.parameters()).device
     ids = torch.as_tensor(np.stack([np.asarray(f["input_ids"]) for f in finals])).long()
     mask = torch.as_tensor(np.stack([np.asarray(f["attention_mask"]) for f in finals])).long()
     leading = int((mask.cumsum(1) == 0).sum(1).min())  # columns that are padding in every row
     ids, mask = ids[:, leading:].to(device), mask[:, leading:].to(device)
     width = ids.shape[1]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = position_ids_from_mask(mask)
     # the positions that predict each row's generated tokens (its last ``lengths[b]`` columns)
     rows = torch.cat([torch.full((n,), b) for b, n in enumerate(lengths)]).to(device)
     cols = torch.cat([torch.arange(width - n - 1, width - 1) for n in lengths]).to(device)

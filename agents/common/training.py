@@ -41,6 +41,7 @@ import numpy as np
 from agents.common.base import load_agent
 from agents.common.config import RunConfig
 from agents.registry import agent_spec, make_agent
+from lm_gym.models import write_folder_atomically
 
 __all__ = [
     "RunFolderError",
@@ -231,22 +232,18 @@ _SIGNALS = _Signals()
 def _save_checkpoint(agent: Any, folder: Path, steps: int, extra: dict[str, Any]) -> None:
     """Write ``agent.save`` and the state file atomically (a tmp folder renamed at the end); a
     SIGINT or SIGTERM waits until the folder is complete."""
-    with _SIGNALS.deferred():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+    state = {"num_timesteps": int(steps), "time": time.time(), **extra}
+    wrapper = _kl_penalty(agent)
+    if wrapper is not None:
+        state["kl_controller"] = wrapper.state_dict()
+
+    def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         agent.save(tmp / "agent")
-        state = {"num_timesteps": int(steps), "time": time.time(), **extra}
-        wrapper = _kl_penalty(agent)
-        if wrapper is not None:
-            state["kl_controller"] = wrapper.state_dict()
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():  # replaced (final/): the old one stays whole until the new one is in
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+
+    with _SIGNALS.deferred():  # final/ is replaced: the old one stays whole until the new one is in
+        write_folder_atomically(folder, write, replace=True)
 
 
 class _Progress:

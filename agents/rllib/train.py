@@ -34,6 +34,7 @@ from agents.rllib.checkpoint import (
 )
 from agents.rllib.module import LMRLModule
 from agents.rllib.options import PPOOptions
+from lm_gym.models import write_folder_atomically
 
 __all__ = [
     "PROGRESS_COLUMNS",
@@ -519,15 +520,9 @@ def _trim_progress(path: Path, max_iteration: int) -> None:
 
 def _save_checkpoint(algo: Any, checkpoint: Path) -> None:
     """Write the checkpoint beside the old one, then swap: an interruption keeps one intact."""
-    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-    old = checkpoint.with_name(checkpoint.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    algo.save_to_path(str(tmp.resolve()))
-    shutil.rmtree(old, ignore_errors=True)
-    if checkpoint.exists():
-        checkpoint.rename(old)
-    tmp.rename(checkpoint)
-    shutil.rmtree(old, ignore_errors=True)
+    write_folder_atomically(
+        checkpoint, lambda tmp: algo.save_to_path(str(tmp.resolve())), replace=True
+    )
 
 
 def _write_metrics(run: RLlibRunResult, env_id: str, runners: int, learners: int) -> None:

@@ -93,6 +93,24 @@ class CountUpScorer(PromptScorer):
             previous = number
         return min(points, target) / target
 
+    def demonstrate(self, prompt: str) -> str:
+        """A correct answer to the prompt (the supervised warm start's demonstrations)."""
+        match = _parse(_COUNT_PROMPT, prompt, "count-up")
+        n, start = int(match.group(1)), int(match.group(2))
+        return " " + " ".join(str(start + 1 + i) for i in range(n))
+
+
+#: Words on each letter of the default ``letters``, for the alliteration demonstrations.
+_WORDS_BY_LETTER = {
+    "b": "big bright blue bears bake bread",
+    "c": "cool cats can catch cold clams",
+    "d": "dark dogs dig deep dry ditches",
+    "m": "many mice make more music",
+    "p": "pink pigs paint pretty pots",
+    "s": "seven small snakes sing softly",
+    "t": "tall trees touch the tiny tower",
+}
+
 
 class AlliterationScorer(PromptScorer):
     """Words starting with the prompt's letter over ``max(words, target)``.
@@ -113,6 +131,12 @@ class AlliterationScorer(PromptScorer):
         words = _WORD.findall(text)
         hits = sum(w[0].lower() == letter for w in words)
         return hits / max(len(words), self.target)
+
+    def demonstrate(self, prompt: str) -> str:
+        """A correct answer to the prompt (the supervised warm start's demonstrations)."""
+        letter = _parse(_LETTER_PROMPT, prompt, "alliteration").group(1).lower()
+        words = [w for w in _WORDS_BY_LETTER.get(letter, "").split() if w[0] == letter]
+        return " " + " ".join((words or [letter + "a" * 2])[:4])
 
 
 register_scorer("count-up", CountUpScorer, overwrite=True)
