@@ -8,7 +8,7 @@
 # `make test` = lint (ruff, then mypy on lm_gym and agents, configured in setup.cfg's [mypy]), the
 # core suite in $(VENV), then `make test-ray`: the Ray RLlib tests in a second venv, $(VENV_RAY),
 # because ray[rllib] pins a Gymnasium release (1.2.2 for ray 2.60) that the main venv does not
-# track; tests/test_envs.py runs there too, so the env contract is checked under both Gymnasium
+# track; tests/lm_gym/test_envs.py runs there too, so the env contract is checked under both Gymnasium
 # versions. Last `make test-oldest`: $(OLDEST_TESTS) in $(VENV_OLDEST), installed
 # with the oldest versions setup.cfg allows (.ci/oldest.txt), so both ends of the declared ranges run.
 PYTHON ?= python3
@@ -20,8 +20,8 @@ PY_RAY := $(VENV_RAY)/bin/python
 PY_OLDEST := $(VENV_OLDEST)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-RAY_TESTS ?= tests/test_rllib.py tests/test_envs.py
-OLDEST_TESTS ?= tests/test_envs.py tests/test_bad_input.py tests/test_kv_cache.py tests/test_cli.py
+RAY_TESTS ?= tests/agents/rllib/test_rllib.py tests/lm_gym/test_envs.py
+OLDEST_TESTS ?= tests/lm_gym/test_envs.py tests/test_bad_input.py tests/agents/networks/test_kv_cache.py tests/agents/test_cli.py
 
 .PHONY: demo test test-core test-ray test-oldest lint format bench clean
 

@@ -11,7 +11,7 @@ with the reference metrics (perplexity, KL) under the same model:
 
 Printed for each: acting time (play only), total time (reference metrics included), process CPU
 time, generated tokens; then the batched / one-at-a-time speed-ups. Sampled texts differ between the
-two (the draws are made in another order); ``tests/test_evaluation.py`` checks that a
+two (the draws are made in another order); ``tests/agents/test_evaluation.py`` checks that a
 deterministic agent plays the same episodes for every ``n_envs``.
 
 Usage::

@@ -182,8 +182,8 @@ def test_ppo_learns_sentiment_with_bounded_kl():
     below a collapsed policy's (one token per step: 2 x ln(50257) = 21.6 nats).
 
     The controller does not hold the KL near 4 nats in a run this short, and this test does not
-    claim it (its tracking is tested on a closed loop in tests/test_kl.py). Measured with
-    this random-init tiny GPT-2: the policy barely moves for ~15 rollouts (KL < 1.5, so the
+    claim it (its tracking is tested on a closed loop in tests/agents/algorithms/test_kl.py).
+    Measured with this random-init tiny GPT-2: the policy barely moves for ~15 rollouts (KL < 1.5, so the
     coefficient winds down), then its KL jumps past 10 within one update, with the reward gain; a
     coefficient that rises by at most 10-20% a rollout cannot catch up, and a collapsed policy
     gives no gradient to pull back. Target 8 with a floor (min_coef=coef, horizon 128) kept the

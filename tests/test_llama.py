@@ -3,7 +3,7 @@ heads, SmolLM2's 49152-token vocabulary, tied head) through the parts that are n
 it by the ``tiny_lm`` parametrizations of ``test_kv_cache.py``, ``test_policies.py`` and
 ``test_episode_ppo.py``: the network's parts found by role, a model given as a folder, the error
 that names the tokenizer to use, NLPO masks the Gymnasium way, and export to a Hugging Face folder
-(a KL reference given by name: ``tests/test_kl.py``). Offline, a few seconds each.
+(a KL reference given by name: ``tests/agents/algorithms/test_kl.py``). Offline, a few seconds each.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 
 import agents
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("old", sorted(agents.MOVED))

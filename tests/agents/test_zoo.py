@@ -37,7 +37,7 @@ from agents.registry import (
 )
 from agents.zoo import restricted_actions
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_agent"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "third_party_agent"
 
 ZOO = {
     "random",

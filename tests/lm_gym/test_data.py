@@ -103,7 +103,7 @@ def test_import_is_light():
         "heavy = new & {'torch', 'datasets', 'gensim', 'django', 'transformers', 'pandas'}; "
         "assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_contract_and_determinism(env_id: str) -> None:
     assert rew_a == rew_b and info_a["text"] == info_b["text"]
 
     assert all(type(r) is float for r in rew_a)
-    if not isinstance(inner, MultiTurnEnv):  # those reward every turn: tests/test_multiturn.py
+    # multi-turn envs reward every turn: tests/lm_gym/test_multiturn.py
+    if not isinstance(inner, MultiTurnEnv):
         assert all(r == 0.0 for r in rew_a[:-1])
         assert info_a["metrics"][inner.reward_name] == rew_a[-1]
     assert {"text", "prompt", "references", "metrics", "num_new_tokens"} <= set(info_a)

@@ -306,7 +306,7 @@ def test_agent_reported_reward_when_episodes_run_elsewhere(tmp_path: Path, capsy
 
 def test_distributed_flags_are_agent_options(tmp_path: Path, capsys) -> None:
     """``--num-env-runners`` / ``--num-learners`` / ``--address`` set the agent's options of those
-    names: an agent without them refuses them by name (rllib-ppo's use: tests/test_rllib.py)."""
+    names: an agent without them refuses them by name (rllib-ppo's use: tests/agents/rllib/test_rllib.py)."""
     code, _, err = run(
         capsys, "train", "LMCountUp-v0", "--agent", "ppo", "--num-env-runners", "2",
         "--out", str(tmp_path / "run"),
@@ -519,7 +519,7 @@ def test_readme_make_vec_env_examples_pass_render_mode() -> None:
     render_mode=None, so none prints Gymnasium's render-mode warning."""
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     calls = re.findall(r"make_vec_env\((.*?)\)\n", readme, flags=re.S)
     assert calls
     for call in calls:
@@ -532,7 +532,7 @@ def test_declared_floors_are_what_ci_runs() -> None:
     removes ``past_key_values=``."""
     import re
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     pins = dict(
         re.findall(r"^([\w-]+)==([\w.]+)$", (root / ".ci" / "oldest.txt").read_text(), flags=re.M)
     )

@@ -234,7 +234,7 @@ def test_collect_rollouts_equals_stock(tiny_lm: str) -> None:
     """EpisodePPO's rollout with ``bootstrap_at_budget=True`` (batched truncation bootstraps
     through the KV cache) fills the buffer as SB3's collect_rollouts does: same actions, and
     rewards, values, log-probs and returns equal within float tolerance; the batched bootstrap
-    did run. (The default, no bootstrap at the budget, is tested in tests/test_budget.py.)"""
+    did run. (The default, no bootstrap at the budget, is tested in tests/agents/algorithms/test_budget.py.)"""
     fast = _make_model(EpisodePPO, lm=tiny_lm, bootstrap_at_budget=True)
     stock = _make_model(PPO, lm=tiny_lm)
     stock.policy.load_state_dict(fast.policy.state_dict())

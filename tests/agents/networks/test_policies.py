@@ -1,5 +1,5 @@
 """LM policies for SB3: construction, weights, errors, devices, save/load, export, NLPO (the KL
-penalty: tests/test_kl.py).
+penalty: tests/agents/algorithms/test_kl.py).
 
 Tests that take ``tiny_lm`` run with each built-in tiny model (GPT-2 and Llama), each on an env
 with the model's tokenizer."""

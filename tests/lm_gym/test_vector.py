@@ -211,7 +211,7 @@ def test_reward_batching_benchmark_quick(capsys):
 
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reward_batching.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "reward_batching.py"
     spec = importlib.util.spec_from_file_location("reward_batching", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
