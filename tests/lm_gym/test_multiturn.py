@@ -246,7 +246,7 @@ def test_partners_and_errors(tmp_path) -> None:
         make_partner("no-such-partner")
     assert isinstance(make_partner(echo_partner), ScriptedPartner)
     # named as rewards are: "module:function" or "file.py:function"
-    assert isinstance(make_partner("tests.test_multiturn:echo_partner"), ScriptedPartner)
+    assert isinstance(make_partner("tests.lm_gym.test_multiturn:echo_partner"), ScriptedPartner)
     (tmp_path / "mine.py").write_text("def say_hi(messages, sample):\n    return 'hi'\n")
     assert isinstance(make_partner(f"{tmp_path / 'mine.py'}:say_hi"), ScriptedPartner)
     with pytest.raises(ValueError, match=r"partner .*has no 'say_hello'.*'say_hi'"):
