@@ -6,17 +6,17 @@ name               agent
 ``random``         uniformly random tokens (:class:`agents.decoding.RandomAgent`)
 ``greedy``         the untrained LM, greedy decoding (:class:`agents.decoding.LMDecodingAgent`)
 ``sample``         the untrained LM, sampling with temperature, top-k, top-p
-``beam``           the untrained LM, token-level beam search
-(:class:`agents.decoding.BeamSearchAgent`) ``supervised``     fine-tuning on the task's references
-(:class:`agents.algorithms.supervised.SupervisedAgent`) ``tabular-q``      tabular Q-learning,
-epsilon-greedy or softmax (:class:`agents.tabular.learning.QLearning`) ``tabular-reinforce``
-tabular REINFORCE with/without baseline (:class:`agents.tabular.learning.Reinforce`) ``reinforce``
-REINFORCE with a causal-LM policy, with/without baseline
-(:class:`agents.algorithms.reinforce.LMReinforce`) ``ppo``            PPO (episode-level updates,
-:class:`agents.algorithms.ppo.EpisodePPO`) + LM actor-critic ``a2c``            A2C + LM
-actor-critic ``trpo``           sb3-contrib TRPO + LM actor-critic ``nlpo``           sb3-contrib
-MaskablePPO + LM with NLPO top-p masking ``dqn``            DQN + LM Q-network =================
-==========================================================================
+``beam``           the untrained LM, token-level beam search (:class:`agents.decoding.BeamSearchAgent`)
+``supervised``     fine-tuning on the task's references (:class:`agents.algorithms.supervised.SupervisedAgent`)
+``tabular-q``      tabular Q-learning, epsilon-greedy or softmax (:class:`agents.tabular.learning.QLearning`)
+``tabular-reinforce``  tabular REINFORCE with/without baseline (:class:`agents.tabular.learning.Reinforce`)
+``reinforce``      REINFORCE with a causal-LM policy, with/without baseline (:class:`agents.algorithms.reinforce.LMReinforce`)
+``ppo``            PPO (episode-level updates, :class:`agents.algorithms.ppo.EpisodePPO`) + LM actor-critic
+``a2c``            A2C + LM actor-critic
+``trpo``           sb3-contrib TRPO + LM actor-critic
+``nlpo``           sb3-contrib MaskablePPO + LM with NLPO top-p masking
+``dqn``            DQN + LM Q-network
+=================  ==========================================================================
 
 Every LM agent takes ``model`` (a causal LM name or folder; ``"gpt2"`` offline falls back to the
 built-in tiny GPT-2) and ``warm_start`` (``True`` or options of

@@ -31,8 +31,9 @@ Within a minibatch the maths is the stock per-transition computation (causal att
 ``0..n-1`` for the real tokens in both), equal to it up to floating-point rounding; see
 ``tests/agents/algorithms/test_episode_ppo.py``. The cost: a minibatch runs each episode it
 touches once instead of each of its transitions. SB3's random minibatches touch most episodes of
-the buffer, so the gain grows with the minibatch size; ``episode_minibatches=True`` draws minibatches of whole episodes
-instead (as TRL and RL4LMs do), so that each episode runs once per epoch.
+the buffer, so the gain grows with the minibatch size; ``episode_minibatches=True`` draws
+minibatches of whole episodes instead (as TRL and RL4LMs do), so that each episode runs once per
+epoch.
 
 Rollouts are SB3's loop too, with two changes to its value bootstraps of truncated episodes
 (SB3 adds ``gamma * V(terminal_observation)`` to the last reward of every truncated episode):
