@@ -4,6 +4,7 @@
 
     lm-gym envs                                   # table of env ids
     lm-gym agents                                 # table of agents (zoo and plug-ins)
+    lm-gym agents ppo                             # its options: defaults and docs
     lm-gym train LMCountUp-v0 --agent ppo --model tiny-gpt2 --steps 4096 --out runs/ppo
     lm-gym train --resume --out runs/ppo          # after an interruption
     lm-gym eval runs/ppo                          # metrics over the test split
@@ -22,8 +23,10 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
+import textwrap
 import threading
 import warnings
 from collections.abc import Sequence
@@ -76,10 +79,41 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_options(name: str, as_json: bool) -> int:
+    """Print one agent's options: name, default and doc (``lm-gym agents NAME``)."""
+    from agents.registry import agent_spec
+
+    spec = agent_spec(name)
+    options = spec.describe_options()
+    if as_json:
+        rows = None
+        if options is not None:
+            rows = [
+                {"name": o.name, "default": None if o.required else o.default, "doc": o.doc}
+                for o in options
+            ]
+        print(json.dumps({"name": name, "summary": spec.summary, "options": rows}, default=repr))
+        return 0
+    print(f"{name}: {spec.summary}")
+    if options is None:
+        print("Its factory takes any keyword: see its documentation.")
+        return 0
+    rows_: list[tuple[str, str, str]] = []
+    for o in options:
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", o.doc).replace("``", "")  # reST roles, literals
+        lines = textwrap.wrap(doc, 72) or [""]
+        rows_.append((o.name, "(required)" if o.required else repr(o.default), lines[0]))
+        rows_.extend(("", "", line) for line in lines[1:])
+    print(_table(rows_, ["option", "default", "doc"]))
+    return 0
+
+
 def cmd_agents(args: argparse.Namespace) -> int:
-    """Print the registered agents, plug-ins included."""
+    """Print the registered agents, plug-ins included; with a name, that agent's options."""
     from agents.registry import agent_spec, discover_agents, list_agents, unavailable_agents
 
+    if args.name:
+        return cmd_agent_options(args.name, args.json)
     errors = discover_agents(refresh=True)
     names = list_agents()
     missing = unavailable_agents()
@@ -148,8 +182,6 @@ def _check_env_options(env_id: str, options: dict[str, Any]) -> None:
 
 def _agent_option_hint(exc: Exception, env_id: str | None) -> Exception:
     """An unknown agent option that is an env option gets the way to set it (``--env-set``)."""
-    import re
-
     if env_id is None:
         return exc
     known = _env_options(env_id) or []
@@ -282,8 +314,6 @@ SUMMARY_NOTES = {
 
 def _fallback_of(caught: Sequence[warnings.WarningMessage], name: str) -> str | None:
     """The built-in model that replaced ``name`` (the "cannot load ... offline" warning)."""
-    import re
-
     for w in caught:
         match = re.search(r"cannot load '([^']+)'.*using the built-in '([^']+)'", str(w.message))
         if match and match.group(1) == name:
@@ -451,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_envs)
 
-    p = sub.add_parser("agents", help="list the agents (zoo and plug-ins)", parents=[common])
+    p = sub.add_parser("agents", help="list the agents, or one agent's options", parents=[common])
+    p.add_argument("name", nargs="?", help="an agent: list its options, defaults and docs")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_agents)
 

@@ -98,8 +98,6 @@ class LMDecodingAgent(LMAgent):
     :raises ValueError: bad decoding options, or a model whose vocabulary does not fit the env.
     """
 
-    option_names: tuple[str, ...] = ("model", "greedy", "temperature", "top_k", "top_p", "device")
-
     def __init__(
         self,
         env: gym.Env,
@@ -173,8 +171,6 @@ class BeamSearchAgent(LMDecodingAgent):
     :param seed: unused (beam search is deterministic); recorded.
     :param verbose: unused.
     """
-
-    option_names = ("model", "num_beams", "length_penalty", "no_repeat_ngram_size", "device")
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agents.common.errors import UnknownAgentError, UnknownOptionError
+from agents.common.options import AgentOption, describe, keyword_parameters, param_docs
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -91,15 +92,25 @@ class AgentSpec:
             sig = inspect.signature(self.factory)
         except (TypeError, ValueError):
             return None
-        params = list(sig.parameters.values())
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
             return None
-        keyword = [
-            p
-            for p in params
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        ]
-        return {p.name: p for p in keyword[1:]}
+        params = keyword_parameters(self.factory)
+        return dict(list(params.items())[1:])
+
+    def describe_options(self) -> list[AgentOption] | None:
+        """Each option with its default and doc, in the factory's order (``lm-gym agents NAME``):
+        the factory's ``option_docs()`` when it has one (the zoo's), else the ``:param`` lines of
+        its docstring; ``None`` when any keyword is accepted and no option list is declared."""
+        params = self.parameters()
+        docs_of = getattr(self.factory, "option_docs", None)
+        docs = docs_of() if callable(docs_of) else param_docs(self.factory)
+        if params is not None:
+            return describe(params, docs)
+        if self.options is not None:
+            return [
+                AgentOption(name, doc=docs.get(name, "")) for name in sorted(set(self.options()))
+            ]
+        return None
 
     def check_kwargs(self, kwargs: Mapping[str, Any]) -> None:
         """Raise a clear error for keyword arguments the factory does not take.

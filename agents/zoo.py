@@ -39,6 +39,11 @@ GPT-2 policies are imported inside the factories, so this module imports without
 Tabular agents act over a restricted action set on GPT-2-vocabulary envs: ``actions="auto"`` takes
 the stop tokens and the ``max_actions`` most frequent tokens of the task's demonstrations (the whole
 vocabulary when it has at most ``max_actions`` tokens).
+
+Each option is declared once (:mod:`agents.common.options`): the factories are made from the agent
+classes (:class:`~agents.common.options.ClassFactory`) and, for the SB3 agents, from the algorithm's
+signature plus :func:`_sb3_options` (:class:`SB3Factory`); what the zoo adds or widens is
+:data:`ZOO_OPTIONS`. ``lm-gym agents NAME`` prints the result.
 """
 
 from __future__ import annotations
@@ -55,10 +60,23 @@ from typing import Any, cast
 import gymnasium as gym
 
 from agents.common.base import SB3Agent, fresh_env, model_for_env, stop_ids
-from agents.common.errors import UnknownOptionError
+from agents.common.options import (
+    ClassFactory,
+    OptionFactory,
+    forwarded_parameters,
+    keyword_parameters,
+    param_docs,
+)
 from lm_gym.models import resolve_device
 
-__all__ = ["SB3_ALGORITHMS", "auto_learning_rate", "builtin_agents", "restricted_actions"]
+__all__ = [
+    "SB3_ALGORITHMS",
+    "ZOO_OPTIONS",
+    "SB3Factory",
+    "auto_learning_rate",
+    "builtin_agents",
+    "restricted_actions",
+]
 
 #: Learning rate of ``"auto"`` for randomly initialised built-in models.
 LR_RANDOM_INIT = 1e-3
@@ -139,181 +157,79 @@ def restricted_actions(env: gym.Env, max_actions: int = 32) -> list[int]:
     return actions
 
 
-def _make_lm_agent(
-    cls_path: str, options: dict[str, Any], *, supervised: bool = False, **fixed: Any
-) -> Any:
-    """The body of an LM agent's factory: ``cls(env, model, **options)`` on the factory's arguments.
+# -- factories made from a declaration -------------------------------------------------------------
 
-    Each factory spells out its options in its signature (the registry checks config keys
-    against it) and passes its ``locals()`` here, so the options reach the agent under the same
-    names. The model is resolved for the env (:func:`agents.common.base.model_for_env`) and
-    warm-started when ``warm_start`` asks; an ``"auto"`` learning rate is resolved for it.
 
-    :param cls_path: ``"module.Class"`` of the agent (imported here, not at module import).
-    :param options: the factory's ``locals()``: ``env``, ``model``, maybe ``warm_start``, and the
-        agent's keyword options.
-    :param supervised: the supervised ``"auto"`` learning rate (see :func:`auto_learning_rate`).
-    :param fixed: options the factory fixes (``greedy=True``).
-    """
-    import importlib
+def _option(
+    name: str, default: Any, annotation: Any = inspect.Parameter.empty
+) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
 
-    module, name = cls_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
-    options = dict(options)
-    env, model = options.pop("env"), options.pop("model")
-    model = _resolve_model(model, env, options.pop("warm_start", None), options["seed"])
+
+#: Options the zoo adds to the agents of a kind, or whose meaning it widens, each declared here
+#: once: ``{name: (parameter, doc)}``.
+ZOO_OPTIONS: dict[str, tuple[inspect.Parameter, str]] = {
+    "warm_start": (
+        _option("warm_start", None, "bool | Mapping[str, Any] | None"),
+        "fine-tune on the task's references first: ``True``, or options of "
+        ":func:`agents.algorithms.supervised.warm_start` (RL4LMs' supervised + RL)",
+    ),
+    "learning_rate": (
+        _option("learning_rate", "auto", "float | str"),
+        'the step size, or ``"auto"``: 1e-3 for a randomly initialised built-in model, 1e-5 for a '
+        "pretrained one (5e-5 for supervised fine-tuning)",
+    ),
+    "actions": (
+        _option("actions", "auto", "Sequence[int] | str | None"),
+        '``"auto"`` (the stop tokens and the task\'s most frequent demonstration tokens, see '
+        ":func:`restricted_actions`), ``None`` (the whole vocabulary) or token ids",
+    ),
+    "max_actions": (_option("max_actions", 32, "int"), 'size of the ``"auto"`` action set'),
+    "verbose": (_option("verbose", 0, "int"), "unused"),
+}
+
+
+def _build_lm_agent(cls: type, env: gym.Env, options: dict[str, Any]) -> Any:
+    """An LM agent: its model resolved for the env (:func:`agents.common.base.model_for_env`),
+    warm-started when ``warm_start`` asks, an ``"auto"`` learning rate resolved for it."""
+    from agents.algorithms.supervised import SupervisedAgent
+
+    model = _resolve_model(
+        options.pop("model"), env, options.pop("warm_start", None), options["seed"]
+    )
     if "learning_rate" in options:
-        options["learning_rate"] = auto_learning_rate(
-            options["learning_rate"], model, supervised=supervised
-        )
-    return cls(env, model, **options, **fixed)
+        supervised = issubclass(cls, SupervisedAgent)
+        options["learning_rate"] = auto_learning_rate(options["learning_rate"], model, supervised)
+    return cls(env, model, **options)
 
 
-# -- baselines ------------------------------------------------------------------------------------
+def _build_tabular_agent(cls: type, env: gym.Env, options: dict[str, Any]) -> Any:
+    """A tabular agent of the zoo's class (``learn`` continues the step count), its ``"auto"``
+    action set resolved; ``verbose`` is dropped (tabular agents print nothing)."""
+    del options["verbose"]
+    options["actions"] = _actions(env, options["actions"], options.pop("max_actions"))
+    return _continuing(cls)(env, **options)
 
 
-def make_random(env: gym.Env, seed: int | None = None, verbose: int = 0) -> Any:
-    """Uniformly random tokens.
-
-    :param env: the env.
-    :param seed: seeds the draws.
-    :param verbose: unused.
-    """
-    from agents.decoding import RandomAgent
-
-    return RandomAgent(env, seed=seed, verbose=verbose)
-
-
-def make_greedy(
-    env: gym.Env,
-    model: str = "gpt2",
-    device: str = "auto",
-    warm_start: bool | Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """The untrained LM, greedy decoding.
-
-    :param env: an lm-gym env.
-    :param model: causal LM name or folder.
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param warm_start: fine-tune on the task's references first.
-    :param seed: recorded.
-    :param verbose: unused.
-    """
-    return _make_lm_agent("agents.decoding.LMDecodingAgent", locals(), greedy=True)
-
-
-def make_sample(
-    env: gym.Env,
-    model: str = "gpt2",
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 1.0,
-    device: str = "auto",
-    warm_start: bool | Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """The untrained LM, sampling with temperature, top-k and top-p.
-
-    :param env: an lm-gym env.
-    :param model: causal LM name or folder.
-    :param temperature: sampling temperature.
-    :param top_k: top-k (0: off).
-    :param top_p: nucleus threshold (1.0: off).
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param warm_start: fine-tune on the task's references first.
-    :param seed: seeds the sampling.
-    :param verbose: unused.
-    """
-    return _make_lm_agent("agents.decoding.LMDecodingAgent", locals())
-
-
-def make_beam(
-    env: gym.Env,
-    model: str = "gpt2",
-    num_beams: int = 4,
-    length_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-    device: str = "auto",
-    warm_start: bool | Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """The untrained LM, token-level beam search.
-
-    :param env: an lm-gym env.
-    :param model: causal LM name or folder.
-    :param num_beams: beam width.
-    :param length_penalty: HF's length penalty.
-    :param no_repeat_ngram_size: forbid repeated n-grams (0: off).
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param warm_start: fine-tune on the task's references first.
-    :param seed: recorded.
-    :param verbose: unused.
-    """
-    return _make_lm_agent("agents.decoding.BeamSearchAgent", locals())
-
-
-def make_supervised(
-    env: gym.Env,
-    model: str = "gpt2",
-    learning_rate: float | str = "auto",
-    batch_size: int = 8,
-    max_samples: int | None = None,
-    greedy: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    device: str = "auto",
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """Supervised fine-tuning on the task's references, then greedy (or sampled) decoding.
-
-    :param env: an lm-gym env.
-    :param model: causal LM name or folder.
-    :param learning_rate: Adam step size or ``"auto"``.
-    :param batch_size: examples per step.
-    :param max_samples: cap on the examples.
-    :param greedy: greedy decoding (otherwise sampling).
-    :param temperature: sampling temperature.
-    :param top_k: top-k (0: off).
-    :param top_p: nucleus threshold (1.0: off).
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param seed: seeds the example order and the sampling.
-    :param verbose: 1 prints the loss.
-    """
-    return _make_lm_agent("agents.algorithms.supervised.SupervisedAgent", locals(), supervised=True)
-
-
-# -- tabular --------------------------------------------------------------------------------------
-
-
-def _tabular_class(base: type) -> type:
+def _continuing(base: type) -> type:
     """A subclass whose ``learn`` continues the step count (the zoo protocol: n *more* steps)."""
+    if base not in _CONTINUING:
 
-    class Continuing(base):
-        def learn(
-            self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = False
-        ) -> Any:
-            return super().learn(total_timesteps, callback, reset_num_timesteps)
+        class Continuing(base):
+            def learn(
+                self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = False
+            ) -> Any:
+                return super().learn(total_timesteps, callback, reset_num_timesteps)
 
-    Continuing.__name__ = Continuing.__qualname__ = f"Zoo{base.__name__}"
-    Continuing.__doc__ = base.__doc__
-    return Continuing
-
-
-_TABULAR_CLASSES: dict[str, type] = {}
+        Continuing.__name__ = Continuing.__qualname__ = f"Zoo{base.__name__}"
+        Continuing.__doc__ = base.__doc__
+        _CONTINUING[base] = Continuing
+    return _CONTINUING[base]
 
 
-def _tabular(name: str) -> type:
-    if name not in _TABULAR_CLASSES:
-        from agents.tabular import learning as tabular
-
-        _TABULAR_CLASSES[name] = _tabular_class(getattr(tabular, name))
-    return _TABULAR_CLASSES[name]
+_CONTINUING: dict[type, type] = {}
 
 
 def _actions(
@@ -330,113 +246,58 @@ def _actions(
     return [int(a) for a in actions]
 
 
-def _make_tabular_agent(name: str, options: dict[str, Any]) -> Any:
-    """The body of a tabular factory: the zoo's class of ``agents.tabular.learning.<name>`` built
-    from the factory's ``locals()`` (``actions`` resolved with ``max_actions``; ``verbose`` is
-    unused).
-
-    :param name: ``"QLearning"`` or ``"Reinforce"``.
-    :param options: the factory's ``locals()``.
-    """
-    options = dict(options)
-    env, max_actions = options.pop("env"), options.pop("max_actions")
-    del options["verbose"]
-    options["actions"] = _actions(env, options["actions"], max_actions)
-    return _tabular(name)(env, **options)
+_TABULAR = ("actions", "max_actions", "verbose")
 
 
-def make_tabular_q(
-    env: gym.Env,
-    learning_rate: float = 0.5,
-    gamma: float = 1.0,
-    exploration: str = "epsilon",
-    exploration_initial: float = 1.0,
-    exploration_final: float = 0.05,
-    exploration_fraction: float = 0.5,
-    initial_q: float = 0.0,
-    actions: Sequence[int] | str | None = "auto",
-    max_actions: int = 32,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """Tabular Q-learning with epsilon-greedy or softmax exploration over a restricted action set.
-
-    :param env: an lm-gym env.
-    :param learning_rate: step size in (0, 1].
-    :param gamma: discount.
-    :param exploration: ``"epsilon"`` or ``"softmax"``.
-    :param exploration_initial: initial epsilon or temperature.
-    :param exploration_final: final epsilon or temperature.
-    :param exploration_fraction: fraction of each ``learn`` call over which it decays.
-    :param initial_q: value of unseen state-action pairs.
-    :param actions: ``"auto"`` (see :func:`restricted_actions`), ``None`` (whole vocabulary) or ids.
-    :param max_actions: size of the ``"auto"`` set.
-    :param seed: random seed.
-    :param verbose: unused.
-    """
-    return _make_tabular_agent("QLearning", locals())
+def _lm_factory(
+    cls_path: str,
+    summary: str,
+    *,
+    learning_rate: bool = False,
+    warm_start: bool = True,
+    **kwargs: Any,
+) -> ClassFactory:
+    """The factory of an LM agent class: its options, plus the zoo's ``"auto"`` learning rate
+    and ``warm_start`` where they apply."""
+    zoo_options = ("learning_rate",) * learning_rate + ("warm_start",) * warm_start
+    extra = {name: ZOO_OPTIONS[name] for name in zoo_options}
+    return ClassFactory(cls_path, summary, extra=extra, build=_build_lm_agent, **kwargs)
 
 
-def make_tabular_reinforce(
-    env: gym.Env,
-    learning_rate: float = 0.5,
-    gamma: float = 1.0,
-    baseline: bool = True,
-    baseline_learning_rate: float = 0.2,
-    actions: Sequence[int] | str | None = "auto",
-    max_actions: int = 32,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """Tabular REINFORCE (softmax policy), with or without a state-value baseline.
-
-    :param env: an lm-gym env.
-    :param learning_rate: policy step size.
-    :param gamma: discount.
-    :param baseline: subtract a learned state value.
-    :param baseline_learning_rate: step size of the baseline.
-    :param actions: ``"auto"``, ``None`` or ids (see :func:`make_tabular_q`).
-    :param max_actions: size of the ``"auto"`` set.
-    :param seed: random seed.
-    :param verbose: unused.
-    """
-    return _make_tabular_agent("Reinforce", locals())
+def _tabular_factory(cls_name: str, summary: str) -> ClassFactory:
+    return ClassFactory(
+        f"agents.tabular.learning.{cls_name}",
+        summary,
+        extra={name: ZOO_OPTIONS[name] for name in _TABULAR},
+        build=_build_tabular_agent,
+    )
 
 
-def make_reinforce(
-    env: gym.Env,
-    model: str = "gpt2",
-    baseline: bool = True,
-    learning_rate: float | str = "auto",
-    batch_episodes: int = 8,
-    gamma: float = 1.0,
-    ent_coef: float = 0.0,
-    vf_coef: float = 0.5,
-    max_grad_norm: float = 1.0,
-    normalize_advantage: bool = False,
-    device: str = "auto",
-    warm_start: bool | Mapping[str, Any] | None = None,
-    seed: int | None = None,
-    verbose: int = 0,
-) -> Any:
-    """REINFORCE with a causal-LM policy, with or without a learned value baseline.
+def _vec_env(env: gym.Env, n_envs: int, reward_scale: float = 1.0) -> Any:
+    """``n_envs`` copies of ``env`` under SB3's ``Monitor`` in a ``DummyVecEnv``; a
+    ``reward_scale`` other than 1 multiplies the rewards the algorithm sees (``TransformReward``
+    outside the ``Monitor``, which keeps logging the task's own rewards)."""
+    from stable_baselines3.common.env_util import is_wrapped
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    :param env: an lm-gym env.
-    :param model: causal LM name or folder.
-    :param baseline: subtract a learned state value.
-    :param learning_rate: Adam step size or ``"auto"``.
-    :param batch_episodes: episodes per update.
-    :param gamma: discount.
-    :param ent_coef: entropy bonus.
-    :param vf_coef: value-loss weight.
-    :param max_grad_norm: gradient clipping.
-    :param normalize_advantage: standardise advantages per batch.
-    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    :param warm_start: fine-tune on the task's references first.
-    :param seed: random seed.
-    :param verbose: 1 prints a line per update.
-    """
-    return _make_lm_agent("agents.algorithms.reinforce.LMReinforce", locals())
+    scale = float(reward_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}.")
+    if n_envs > 1 and fresh_env(env) is None:
+        raise ValueError("n_envs > 1 needs an env made with gymnasium.make (it is copied).")
+
+    def scaled(e: gym.Env) -> gym.Env:
+        monitored = e if is_wrapped(e, Monitor) else Monitor(e)
+        if scale == 1.0:
+            return monitored
+        return gym.wrappers.TransformReward(monitored, functools.partial(operator.mul, scale))
+
+    first = scaled(env)
+    makers: list[Callable[[], gym.Env]] = [lambda: first]
+    for _ in range(n_envs - 1):
+        makers.append(lambda: scaled(cast(gym.Env, fresh_env(env))))  # not None: checked above
+    return DummyVecEnv(makers)
 
 
 # -- stable-baselines3 ----------------------------------------------------------------------------
@@ -480,124 +341,125 @@ def _policy_class(name: str) -> type:
     return policies.LMActorCriticPolicy
 
 
-#: Options of the SB3 factories besides the algorithm's own.
-SB3_COMMON_OPTIONS = (
-    "model",
-    "learning_rate",
-    "policy_kwargs",
-    "kl_coef",
-    "kl_target",
-    "kl_horizon",
-    "kl_min_coef",
-    "n_envs",
-    "reward_scale",
-    "bootstrap_at_budget",
-    "warm_start",
-    "device",
-    "seed",
-    "verbose",
-)
+def _sb3_options(
+    model: str = "gpt2",
+    policy_kwargs: Mapping[str, Any] | None = None,
+    kl_coef: float = 0.0,
+    kl_target: float | None = None,
+    kl_horizon: int = 10_000,
+    kl_min_coef: float = 0.0,
+    n_envs: int = 1,
+    reward_scale: float = 1.0,
+    bootstrap_at_budget: bool = False,
+    device: str = "auto",
+    seed: int | None = None,
+    verbose: int = 0,
+) -> None:
+    """The options every zoo SB3 agent takes besides its algorithm's (their declaration).
+
+    :param model: causal LM name or folder (``"gpt2"`` offline: the built-in tiny GPT-2).
+    :param policy_kwargs: options of the policy (:class:`agents.networks.policies.LMActorCriticPolicy`:
+        ``lora``, ``value_hidden``, ...).
+    :param kl_coef: coefficient of the KL penalty to the starting model (0: off).
+    :param kl_target: a target KL per episode: the coefficient adapts to it (``None``: fixed).
+    :param kl_horizon: env steps over which the adaptive coefficient moves.
+    :param kl_min_coef: the adaptive coefficient's floor.
+    :param n_envs: copies of the env stepped together (one batched forward per step).
+    :param reward_scale: multiplies the training envs' rewards (logs and evaluations keep the
+        task's units).
+    :param bootstrap_at_budget: SB3's ``gamma * V`` bootstrap when an episode reaches the token
+        budget (default: a terminal state).
+    :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    :param seed: random seed.
+    :param verbose: SB3's verbosity.
+    """
+
+
+#: The options of :func:`_sb3_options` and the zoo's that SB3 agents take too.
+_SB3_ZOO_OPTIONS = ("learning_rate", "warm_start")
 #: Algorithm arguments the factories set themselves.
-_MANAGED = {"self", "policy", "env", "tensorboard_log", "_init_setup_model"}
-#: Extra options per algorithm.
-_EXTRA_OPTIONS = {
-    "nlpo": ("nlpo_top_p", "mask_update_every"),
-    "ppo": ("episode_eval", "episode_minibatches"),
-    "grpo": ("episode_eval", "episode_minibatches"),
-    "rloo": ("episode_eval", "episode_minibatches"),
-}
+_MANAGED = {"self", "policy", "env", "tensorboard_log", "_init_setup_model", "advantage"}
 #: The group-relative, critic-free agents (agents.algorithms.grpo.GroupRelativePPO) and their
 #: advantage.
 GROUP_ALGORITHMS = {"grpo": "grpo", "rloo": "rloo"}
 
 
+def _nlpo_parameters() -> tuple[dict[str, inspect.Parameter], dict[str, str]]:
+    """NLPO's options beyond MaskablePPO's, read from where they are declared: the policy's
+    ``nlpo_top_p`` and the mask callback's ``update_every`` (as ``mask_update_every``)."""
+    from agents.algorithms.nlpo import NLPOMaskUpdateCallback
+    from agents.networks.policies import MaskableLMActorCriticPolicy
+
+    top_p = keyword_parameters(MaskableLMActorCriticPolicy)["nlpo_top_p"]
+    every = keyword_parameters(NLPOMaskUpdateCallback)["update_every"]
+    params = {"nlpo_top_p": top_p, "mask_update_every": every.replace(name="mask_update_every")}
+    docs = {
+        "nlpo_top_p": param_docs(MaskableLMActorCriticPolicy)["nlpo_top_p"],
+        "mask_update_every": param_docs(NLPOMaskUpdateCallback)["update_every"],
+    }
+    return params, docs
+
+
 def algo_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of a zoo SB3 agent's algorithm, with their defaults (EpisodePPO
-    and GroupRelativePPO forward SB3's PPO's: both sets, theirs winning), less those the factory
-    sets itself.
+    """The keyword parameters of a zoo SB3 agent's algorithm, with their defaults, less those the
+    factory sets itself (see :func:`agents.common.options.forwarded_parameters`: GroupRelativePPO
+    forwards ``**kwargs`` to EpisodePPO, which forwards them to SB3's PPO).
 
     :param name: a key of :data:`SB3_ALGORITHMS`.
     """
-    cls = _algo_class(name)
-    params = dict(inspect.signature(cls.__init__).parameters)
-    if name == "ppo" or name in GROUP_ALGORITHMS:  # they forward **kwargs to SB3's PPO
-        from stable_baselines3 import PPO
-
-        params = {**inspect.signature(PPO.__init__).parameters, **params}
-        params.pop("advantage", None)  # fixed by the agent's name
-    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    return {k: p for k, p in params.items() if k not in _MANAGED and p.kind not in variadic}
+    return forwarded_parameters(_algo_class(name), _MANAGED)
 
 
-def _algo_option_names(name: str) -> list[str]:
-    own = set(algo_parameters(name))
-    return sorted(own | set(SB3_COMMON_OPTIONS) | set(_EXTRA_OPTIONS.get(name, ())))
+class SB3Factory(OptionFactory):
+    """The factory of a zoo SB3 agent: its algorithm's options (their declaration: the algorithm's
+    signature and docstring), the zoo's (:func:`_sb3_options`), and NLPO's mask options.
 
+    :param name: a key of :data:`SB3_ALGORITHMS`.
+    :param summary: one line for ``lm-gym agents``.
+    """
 
-def _vec_env(env: gym.Env, n_envs: int, reward_scale: float = 1.0) -> Any:
-    """``n_envs`` copies of ``env`` under SB3's ``Monitor`` in a ``DummyVecEnv``; a
-    ``reward_scale`` other than 1 multiplies the rewards the algorithm sees (``TransformReward``
-    outside the ``Monitor``, which keeps logging the task's own rewards)."""
-    from stable_baselines3.common.env_util import is_wrapped
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    def __init__(self, name: str, summary: str) -> None:
+        super().__init__(summary)
+        self.name = name
+        self.__name__ = f"make_{name}"
 
-    scale = float(reward_scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}.")
-    if n_envs > 1 and fresh_env(env) is None:
-        raise ValueError("n_envs > 1 needs an env made with gymnasium.make (it is copied).")
+    def own_parameters(self) -> tuple[dict[str, inspect.Parameter], dict[str, str]]:
+        """The zoo's options, then the algorithm's (the zoo's winning, e.g. ``"auto"``)."""
+        params = keyword_parameters(_sb3_options)
+        docs = param_docs(_sb3_options)
+        for name in _SB3_ZOO_OPTIONS:
+            params[name], docs[name] = ZOO_OPTIONS[name]
+        cls = _algo_class(self.name)
+        algo = {k: p for k, p in algo_parameters(self.name).items() if k not in params}
+        algo_docs = param_docs(cls)  # EpisodePPO's and SB3's PPO's, its base
+        if self.name == "nlpo":
+            extra, extra_docs = _nlpo_parameters()
+            algo.update(extra)
+            algo_docs.update(extra_docs)
+        params.update(algo)
+        docs.update({k: algo_docs.get(k, "") for k in algo})
+        return params, docs
 
-    def scaled(e: gym.Env) -> gym.Env:
-        monitored = e if is_wrapped(e, Monitor) else Monitor(e)
-        if scale == 1.0:
-            return monitored
-        return gym.wrappers.TransformReward(monitored, functools.partial(operator.mul, scale))
-
-    first = scaled(env)
-    makers: list[Callable[[], gym.Env]] = [lambda: first]
-    for _ in range(n_envs - 1):
-        makers.append(lambda: scaled(cast(gym.Env, fresh_env(env))))  # not None: checked above
-    return DummyVecEnv(makers)
-
-
-def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
-    def factory(
-        env: gym.Env,
-        model: str = "gpt2",
-        learning_rate: float | str = "auto",
-        policy_kwargs: Mapping[str, Any] | None = None,
-        kl_coef: float = 0.0,
-        kl_target: float | None = None,
-        kl_horizon: int = 10_000,
-        kl_min_coef: float = 0.0,
-        n_envs: int = 1,
-        reward_scale: float = 1.0,
-        bootstrap_at_budget: bool = False,
-        warm_start: bool | Mapping[str, Any] | None = None,
-        device: str = "auto",
-        seed: int | None = None,
-        verbose: int = 0,
-        **algo_kwargs: Any,
-    ) -> SB3Agent:
-        allowed = set(_algo_option_names(name))
-        unknown = sorted(set(algo_kwargs) - allowed)
-        if unknown:
-            raise UnknownOptionError(
-                f"Agent {name!r} has no option {', '.join(map(repr, unknown))}. "
-                f"Its options: {', '.join(sorted(allowed))}."
-            )
-        extra = {k: algo_kwargs.pop(k) for k in _EXTRA_OPTIONS.get(name, ()) if k in algo_kwargs}
-        model = _resolve_model(model, env, warm_start, seed)
-        pk = {"model": model, **dict(policy_kwargs or {})}
+    def build(self, env: gym.Env, options: dict[str, Any], given: set[str]) -> SB3Agent:
+        """The algorithm with the LM policy on ``n_envs`` copies of ``env``; the algorithm's own
+        options are passed only when given (its defaults stay its own)."""
+        name = self.name
+        own = set(keyword_parameters(_sb3_options)) | set(_SB3_ZOO_OPTIONS)
+        algo_kwargs = {k: v for k, v in options.items() if k not in own and k in given}
+        extra = {
+            k: algo_kwargs.pop(k) for k in ("nlpo_top_p", "mask_update_every") if k in algo_kwargs
+        }
+        seed = options["seed"]
+        model = _resolve_model(options["model"], env, options["warm_start"], seed)
+        pk = {"model": model, **dict(options["policy_kwargs"] or {})}
         if name == "trpo":
             # TRPO differentiates twice (Hessian-vector products); PyTorch's fused CPU attention
             # kernels have no double backward, so the policy's LM uses eager attention. A policy
             # option, so that the saved policy (and a resumed run) keeps it.
             pk.setdefault("attn_implementation", "eager")
-        if name == "nlpo" and "nlpo_top_p" in extra:
+        if "nlpo_top_p" in extra:
             pk["nlpo_top_p"] = extra["nlpo_top_p"]
-        venv = _vec_env(env, int(n_envs), reward_scale)
+        venv = _vec_env(env, int(options["n_envs"]), options["reward_scale"])
         if name in GROUP_ALGORITHMS:
             from agents.algorithms.grpo import GroupedResetVecEnv
 
@@ -607,23 +469,24 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
                 # a resumed run keeps the starting model as reference (with LoRA the policy's
                 # LM with its adapters off is that model already, without a second copy)
                 algo_kwargs.setdefault("kl_reference", model)
-            group_size = int(algo_kwargs.setdefault("group_size", 4))
+            group_size = int(options["group_size"])
+            algo_kwargs["group_size"] = group_size
             venv = GroupedResetVecEnv(venv, group_size)  # innermost: see agents.algorithms.grpo
         if name == "ppo" or name in GROUP_ALGORITHMS:  # EpisodePPO decides it itself
-            algo_kwargs["bootstrap_at_budget"] = bool(bootstrap_at_budget)
-        elif not bootstrap_at_budget:
+            algo_kwargs["bootstrap_at_budget"] = bool(options["bootstrap_at_budget"])
+        elif not options["bootstrap_at_budget"]:
             from agents.algorithms.budget import TerminalAtBudgetVecEnv
 
             venv = TerminalAtBudgetVecEnv(venv)
         callbacks: list[Any] = []
-        if kl_coef > 0 or kl_target is not None:
+        if options["kl_coef"] > 0 or options["kl_target"] is not None:
             from agents.algorithms import kl
 
             kl_kwargs: dict[str, Any] = {
-                "coef": kl_coef,
-                "target_kl": kl_target,
-                "horizon": kl_horizon,
-                "min_coef": kl_min_coef,
+                "coef": options["kl_coef"],
+                "target_kl": options["kl_target"],
+                "horizon": options["kl_horizon"],
+                "min_coef": options["kl_min_coef"],
             }
             if name == "dqn":  # off-policy: the env-side penalty, step by step
                 venv = kl.KLPenaltyVecEnv(venv, **kl_kwargs)
@@ -635,29 +498,21 @@ def _sb3_factory(name: str, summary: str) -> Callable[..., SB3Agent]:
             from agents.algorithms.nlpo import NLPOMaskUpdateCallback, NLPORolloutBuffer
 
             algo_kwargs.setdefault("rollout_buffer_class", NLPORolloutBuffer)
-            callbacks.append(NLPOMaskUpdateCallback(int(extra.get("mask_update_every", 4))))
+            callbacks.append(NLPOMaskUpdateCallback(int(options["mask_update_every"])))
             learn_kwargs["use_masking"] = False  # the policy masks itself (NLPO top-p)
-        if name == "ppo" or name in GROUP_ALGORITHMS:
-            for option in ("episode_eval", "episode_minibatches"):
-                if option in extra:
-                    algo_kwargs[option] = bool(extra[option])
         if callbacks:
             learn_kwargs["callback"] = callbacks
         algo = _algo_class(name)(
             _policy_class(name),
             venv,
-            learning_rate=auto_learning_rate(learning_rate, model),
+            learning_rate=auto_learning_rate(options["learning_rate"], model),
             policy_kwargs=pk,
-            device=resolve_device(device),  # SB3 itself falls back to the CPU without a word
+            device=resolve_device(options["device"]),  # SB3 itself falls back to the CPU silently
             seed=seed,
-            verbose=verbose,
+            verbose=options["verbose"],
             **algo_kwargs,
         )
         return SB3Agent(algo, learn_kwargs)
-
-    factory.__doc__ = summary
-    factory.__name__ = f"make_{name}"
-    return factory
 
 
 SB3_ALGORITHMS = {
@@ -674,24 +529,83 @@ SB3_ALGORITHMS = {
 def builtin_agents() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
     """The zoo's agents as ``(name, factory, register_agent options)``, which
     :mod:`agents.registry` registers on first use."""
-    plain: Iterable[tuple[str, Callable[..., Any], tuple[str, ...]]] = (
-        ("random", make_random, ("baseline",)),
-        ("greedy", make_greedy, ("baseline", "lm")),
-        ("sample", make_sample, ("baseline", "lm")),
-        ("beam", make_beam, ("baseline", "lm")),
-        ("supervised", make_supervised, ("lm", "supervised")),
-        ("tabular-q", make_tabular_q, ("tabular",)),
-        ("tabular-reinforce", make_tabular_reinforce, ("tabular",)),
-        ("reinforce", make_reinforce, ("lm", "rl")),
+    lm = "agents.decoding.LMDecodingAgent"
+    plain: Iterable[tuple[str, OptionFactory, tuple[str, ...]]] = (
+        (
+            "random",
+            ClassFactory("agents.decoding.RandomAgent", "Uniformly random tokens."),
+            ("baseline",),
+        ),
+        (
+            "greedy",
+            _lm_factory(
+                lm,
+                "The untrained LM, greedy decoding.",
+                fixed={"greedy": True},
+                hidden=("temperature", "top_k", "top_p"),
+            ),
+            ("baseline", "lm"),
+        ),
+        (
+            "sample",
+            _lm_factory(
+                lm,
+                "The untrained LM, sampling with temperature, top-k and top-p.",
+                fixed={"greedy": False},
+                defaults={"top_k": 50},
+            ),
+            ("baseline", "lm"),
+        ),
+        (
+            "beam",
+            _lm_factory(
+                "agents.decoding.BeamSearchAgent", "The untrained LM, token-level beam search."
+            ),
+            ("baseline", "lm"),
+        ),
+        (
+            "supervised",
+            _lm_factory(
+                "agents.algorithms.supervised.SupervisedAgent",
+                "Supervised fine-tuning on the task's references, then greedy (or sampled) "
+                "decoding.",
+                learning_rate=True,
+                warm_start=False,
+            ),
+            ("lm", "supervised"),
+        ),
+        (
+            "tabular-q",
+            _tabular_factory(
+                "QLearning",
+                "Tabular Q-learning with epsilon-greedy or softmax exploration over a "
+                "restricted action set.",
+            ),
+            ("tabular",),
+        ),
+        (
+            "tabular-reinforce",
+            _tabular_factory(
+                "Reinforce",
+                "Tabular REINFORCE (softmax policy), with or without a state-value baseline.",
+            ),
+            ("tabular",),
+        ),
+        (
+            "reinforce",
+            _lm_factory(
+                "agents.algorithms.reinforce.LMReinforce",
+                "REINFORCE with a causal-LM policy, with or without a learned value baseline.",
+                learning_rate=True,
+            ),
+            ("lm", "rl"),
+        ),
     )
     agents: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
-        (name, factory, {"tags": tags}) for name, factory, tags in plain
+        (name, factory, {"tags": tags, "summary": factory.summary}) for name, factory, tags in plain
     ]
     for name, summary in SB3_ALGORITHMS.items():
-        options = {
-            "summary": summary,
-            "tags": ("lm", "rl", "sb3"),
-            "options": functools.partial(_algo_option_names, name),
-        }
-        agents.append((name, _sb3_factory(name, summary), options))
+        agents.append(
+            (name, SB3Factory(name, summary), {"summary": summary, "tags": ("lm", "rl", "sb3")})
+        )
     return agents

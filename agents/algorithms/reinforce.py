@@ -60,19 +60,6 @@ class LMReinforce(LMAgent):
     :param verbose: 1 prints a line per update.
     """
 
-    option_names = (
-        "model",
-        "baseline",
-        "learning_rate",
-        "batch_episodes",
-        "gamma",
-        "ent_coef",
-        "vf_coef",
-        "max_grad_norm",
-        "normalize_advantage",
-        "device",
-    )
-
     def __init__(
         self,
         env: gym.Env,

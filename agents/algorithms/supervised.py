@@ -381,18 +381,6 @@ class SupervisedAgent(LMDecodingAgent):
     :param verbose: 1 prints the loss every 20 steps.
     """
 
-    option_names = (
-        "model",
-        "learning_rate",
-        "batch_size",
-        "max_samples",
-        "greedy",
-        "temperature",
-        "top_k",
-        "top_p",
-        "device",
-    )
-
     def __init__(
         self,
         env: gym.Env,

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
+from agents.common.options import constructor_options
 from lm_gym.models import resolve_device
 
 if TYPE_CHECKING:
@@ -246,17 +247,14 @@ class BaseAgent:
     """Shared machinery of the zoo's own agents: env, seed, step counter, logger, save and load.
 
     Subclasses implement :meth:`_predict_batch` (or :meth:`predict` itself), and :meth:`learn`
-    when they learn; they list their constructor options in :attr:`hyperparameters` so that
-    :meth:`save` records them, and keep any learned state in :meth:`_save_state` /
-    :meth:`_load_state`.
+    when they learn; they keep each constructor option in an attribute of the same name, so that
+    :meth:`save` records them (:meth:`hyperparameters`), and keep any learned state in
+    :meth:`_save_state` / :meth:`_load_state`.
 
     :param env: the env the agent acts (and learns) on.
     :param seed: seeds the agent's own random draws.
     :param verbose: 0 silent, 1 progress messages.
     """
-
-    #: Constructor options recorded by :meth:`save` (besides ``seed``).
-    option_names: tuple[str, ...] = ()
 
     def __init__(self, env: gym.Env, seed: int | None = None, verbose: int = 0) -> None:
         if not isinstance(env.action_space, gym.spaces.Discrete):
@@ -275,9 +273,8 @@ class BaseAgent:
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor options (JSON-serialisable), as :meth:`save` records them."""
-        out = {name: getattr(self, name) for name in self.option_names}
-        out["seed"] = self.seed
-        return out
+        names = constructor_options(type(self), skip=("env", "verbose"))
+        return {name: getattr(self, name) for name in names}
 
     def get_env(self) -> gym.Env:
         """The env the agent acts on."""

@@ -12,8 +12,10 @@ section overrides the default::
       n_timesteps: 4096
       n_steps: 256
 
-Keys are the agent factory's options (see ``lm-gym agents`` and :mod:`agents.zoo`), plus the run
-keys of :data:`RUN_KEYS` (``n_timesteps``, ``env_kwargs``, ``eval_episodes``, ``checkpoint_freq``).
+Keys are the agent factory's options (``lm-gym agents NAME`` lists them with their defaults; see
+:mod:`agents.common.options`), plus the run keys of :data:`RUN_KEYS` (``n_timesteps``,
+``env_kwargs``, ``eval_episodes``, ``checkpoint_freq``). A file sets only what differs from the
+agent's defaults: the defaults are declared once, in the agent's signature.
 A run's configuration (:class:`RunConfig`) merges, in order: the agent's file, a user ``--config``
 file, and command-line overrides. It is written into the run folder as ``config.yaml``; passing that
 file back with ``--config`` reproduces the run.

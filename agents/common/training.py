@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -451,26 +451,9 @@ def check_out_dir(out: Path) -> None:
 
 
 def _option_defaults(agent: str) -> dict[str, Any]:
-    """The default of each agent option that has one: the factory's signature and, for the zoo's
-    SB3 agents, their algorithm's."""
-    import inspect
-
-    spec = agent_spec(agent)
-    defaults: dict[str, Any] = {}
-    if "sb3" in spec.tags and spec.source == "zoo":
-        from agents import zoo
-
-        try:
-            params: Iterable[inspect.Parameter] = zoo.algo_parameters(agent).values()
-            defaults.update({p.name: p.default for p in params if p.default is not p.empty})
-        except (ImportError, AttributeError, KeyError, TypeError, ValueError):  # no signature
-            pass
-    try:  # the factory's own defaults win (``learning_rate="auto"`` over SB3's number)
-        params = inspect.signature(spec.factory).parameters.values()
-    except (TypeError, ValueError):
-        params = []
-    defaults.update({p.name: p.default for p in params if p.default is not p.empty})
-    return defaults
+    """The default of each agent option that has one (the factory's signature)."""
+    params = agent_spec(agent).parameters() or {}
+    return {name: p.default for name, p in params.items() if p.default is not p.empty}
 
 
 def check_option_types(config: RunConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import inspect
 import json
 import shutil
 import tempfile
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 
 from agents.common.base import batch_obs, call_callback, env_id_of, model_for_env
+from agents.common.options import OptionFactory, keyword_parameters, param_docs
 from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 from agents.rllib.checkpoint import load_policy
 from agents.rllib.options import PPOOptions
 
-__all__ = ["AGENT_OPTIONS", "RLlibPPOAgent", "make_rllib_ppo"]
+__all__ = ["RLlibPPOAgent", "RLlibPPOFactory", "make_rllib_ppo"]
 
 _RUN_FILES = ("config.json", "progress.csv", "metrics.json")
 
@@ -248,31 +250,39 @@ def _saved_timesteps(saved: Path, run_dir: Path) -> int:
     return 0
 
 
-#: Every keyword option of :func:`make_rllib_ppo` (for the registry's early check).
-AGENT_OPTIONS = (
-    "model",
-    "learning_rate",
-    "num_env_runners",
-    "num_learners",
-    "address",
-    "out_dir",
-    "seed",
-    "verbose",
-    *(f.name for f in dataclasses.fields(PPOOptions)),
-)
-
-
-def make_rllib_ppo(env: gym.Env, **kwargs: Any) -> RLlibPPOAgent:
-    """PPO on Ray RLlib (distributed env runners, DDP learners) with the GPT-2 actor-critic.
-
-    :param env: the env (made from a registered id).
-    :param kwargs: see :class:`RLlibPPOAgent`.
+class RLlibPPOFactory(OptionFactory):
+    """The factory of ``rllib-ppo``: its options are :class:`RLlibPPOAgent`'s keywords and the
+    fields of :class:`agents.rllib.PPOOptions` (the agent's win where both have one, e.g. the
+    ``"auto"`` learning rate), each with its doc from there.
     """
-    return RLlibPPOAgent(env, **kwargs)
+
+    def own_parameters(self) -> tuple[dict[str, inspect.Parameter], dict[str, str]]:
+        """The agent's keywords, then the fields of :class:`PPOOptions`."""
+        params = keyword_parameters(RLlibPPOAgent, skip=("env",))
+        for f in dataclasses.fields(PPOOptions):
+            if f.name not in params:
+                default: Any = f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+                params[f.name] = inspect.Parameter(
+                    f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type
+                )
+        docs = {**param_docs(PPOOptions), **param_docs(RLlibPPOAgent)}
+        return params, {name: docs.get(name, "") for name in params}
+
+    def build(self, env: gym.Env, options: dict[str, Any], given: set[str]) -> RLlibPPOAgent:
+        """The agent with the options the caller gave (the others keep their defaults)."""
+        return RLlibPPOAgent(env, **{k: v for k, v in options.items() if k in given})
+
+
+_SUMMARY = "PPO on Ray RLlib (distributed env runners, DDP learners), causal-LM actor-critic"
+#: ``make_rllib_ppo(env, **options)``: the agent (see :class:`RLlibPPOAgent`); the object of the
+#: entry point ``rllib-ppo``.
+make_rllib_ppo = RLlibPPOFactory(_SUMMARY)
 
 
 def _summary() -> str:
-    summary = "PPO on Ray RLlib (distributed env runners, DDP learners), causal-LM actor-critic"
+    summary = _SUMMARY
     if importlib.util.find_spec("ray") is None:
         summary += " [ray not installed: learn() needs pip install 'lm-gym[ray]']"
     return summary
@@ -284,6 +294,5 @@ lm_gym_agents: dict[str, dict[str, Any]] = {
     "rllib-ppo": {
         "summary": _summary(),
         "tags": ("lm", "rl", "ray"),
-        "options": lambda: AGENT_OPTIONS,
     }
 }

@@ -23,11 +23,12 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from agents.common.options import constructor_options
 from agents.tabular.mdp import StateKey, state_key
 
 #: A function callback: ``callback(locals_, globals_) -> bool | None``; ``False`` stops learning.
@@ -55,9 +56,6 @@ class TabularAgent:
     :param actions: the token ids the agent may choose (default: the whole vocabulary).
     :param seed: seeds the agent's random draws and the env's first reset.
     """
-
-    #: Constructor arguments saved with the agent (besides ``gamma``, ``actions``, ``seed``).
-    hyperparameter_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -219,9 +217,10 @@ class TabularAgent:
         return self.env
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments (without the env)."""
-        out = {name: getattr(self, name) for name in self.hyperparameter_names}
-        out.update(gamma=self.gamma, actions=[int(a) for a in self.actions], seed=self.seed)
+        """The constructor arguments (without the env), from the attributes of the same names."""
+        names = constructor_options(type(self), skip=("env", "n_actions"))
+        out = {name: getattr(self, name) for name in names}
+        out["actions"] = [int(a) for a in self.actions]
         return out
 
     def save(self, path: str | Path) -> None:
@@ -287,15 +286,6 @@ class QLearning(TabularAgent):
     :param actions: restrict the agent to these token ids.
     :param seed: random seed.
     """
-
-    hyperparameter_names = (
-        "learning_rate",
-        "exploration",
-        "exploration_initial",
-        "exploration_final",
-        "exploration_fraction",
-        "initial_q",
-    )
 
     def __init__(
         self,
@@ -406,8 +396,6 @@ class Reinforce(TabularAgent):
     :param actions: restrict the agent to these token ids.
     :param seed: random seed.
     """
-
-    hyperparameter_names = ("learning_rate", "baseline", "baseline_learning_rate")
 
     def __init__(
         self,
