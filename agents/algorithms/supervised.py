@@ -278,18 +278,7 @@ def supervised_finetune(
     return losses
 
 
-def warm_start(
-    model: str,
-    env: gym.Env,
-    out_dir: str | Path | None = None,
-    *,
-    epochs: float = 1.0,
-    learning_rate: float = 5e-4,
-    batch_size: int = 8,
-    max_samples: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-) -> str:
+def warm_start(model: str, env: gym.Env, out_dir: str | Path | None = None, **finetune: Any) -> str:
     """Fine-tune a named model on the env's references and save it as a Hugging Face folder.
 
     The folder is what every LM agent of the zoo takes as ``model``. Without ``out_dir`` it lies in
@@ -300,25 +289,24 @@ def warm_start(
     :param model: causal LM name or folder.
     :param env: the env (its id and config key the cache).
     :param out_dir: where to save (default: the cache).
-    :param epochs: see :func:`supervised_finetune`.
-    :param learning_rate: see :func:`supervised_finetune`.
-    :param batch_size: see :func:`supervised_finetune`.
-    :param max_samples: see :func:`supervised_finetune`.
-    :param seed: see :func:`supervised_finetune`.
-    :param device: see :func:`supervised_finetune`.
+    :param finetune: options of :func:`supervised_finetune` (``epochs``, ``learning_rate``,
+        ``batch_size``, ``max_samples``, ``seed``, ``device``), their defaults its own.
     :return: the folder's path.
+    :raises TypeError: an option :func:`supervised_finetune` does not take.
     """
     from agents.common.base import load_lm_for_env
+    from agents.common.options import keyword_parameters
 
+    params = keyword_parameters(supervised_finetune, skip=("model", "env"))
+    unknown = sorted(set(finetune) - set(params))
+    if unknown:
+        raise TypeError(f"warm_start got unknown option(s) {unknown}; known: {sorted(params)}.")
+    settings = {name: finetune.get(name, p.default) for name, p in params.items()}
     options = {
         "model": model,
         "env": env_id_of(env),
         "config": text_env(env).config,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "max_samples": max_samples,
-        "seed": seed,
+        **{k: v for k, v in settings.items() if k != "device"},  # the device changes no result
     }
     if out_dir is None:
         from lm_gym.data.cache import cache_root
@@ -329,16 +317,7 @@ def warm_start(
     if (folder / ORIGIN_FILE).exists():
         return str(folder)
     lm = load_lm_for_env(model, env)
-    losses = supervised_finetune(
-        lm,
-        env,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        seed=seed,
-        device=device,
-    )
+    losses = supervised_finetune(lm, env, **settings)
     from lm_gym.models import load_tokenizer, tokenizer_name_for_model, write_folder_atomically
 
     tokenizer = tokenizer_name_for_model(model)

@@ -515,12 +515,6 @@ class TextEnv(gym.Env[ObsType, np.int64]):
         :raises TypeError: the action is not an integer.
         :raises ValueError: the action is outside the vocabulary.
         """
-        if self._done:
-            raise EpisodeError(
-                "step() called after the episode ended; call reset()."
-                if self._started
-                else "step() called before reset(); call reset() first."
-            )
         token = self._check_action(action)
         self._ids[:-1] = self._ids[1:]
         self._ids[-1] = token
@@ -721,6 +715,18 @@ class TextEnv(gym.Env[ObsType, np.int64]):
             )
 
     def _check_action(self, action: Any) -> int:
+        """The token id of a ``step`` action, in an episode that is running.
+
+        :raises EpisodeError: before ``reset()`` or after the episode ended.
+        :raises TypeError: the action is not an integer.
+        :raises ValueError: the action is outside the vocabulary.
+        """
+        if self._done:
+            raise EpisodeError(
+                "step() called after the episode ended; call reset()."
+                if self._started
+                else "step() called before reset(); call reset() first."
+            )
         if isinstance(action, np.ndarray):
             if action.shape not in ((), (1,)):
                 raise ValueError(

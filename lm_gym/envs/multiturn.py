@@ -49,7 +49,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from lm_gym.data import Sample
-from lm_gym.envs.core import TOKEN_BUDGET_KEY, EpisodeError, ObsType, TextEnv
+from lm_gym.envs.core import TOKEN_BUDGET_KEY, ObsType, TextEnv
 from lm_gym.models import cache_keyword, output_cache
 from lm_gym.rewards import import_callable, names_import
 
@@ -584,12 +584,6 @@ class MultiTurnEnv(TextEnv):
         :raises TypeError: the action is not an integer.
         :raises ValueError: the action is outside the vocabulary.
         """
-        if self._done:
-            raise EpisodeError(
-                "step() called after the episode ended; call reset()."
-                if self._started
-                else "step() called before reset(); call reset() first."
-            )
         token = self._check_action(action)
         self._append([token], agent=True)
         self._generated.append(token)
