@@ -550,8 +550,10 @@ class RolloutKVCache:
     or a multi-turn env's token plus a partner's reply), the cached keys and values are kept and
     only the ``k`` new tokens are computed (rows with the same ``k`` in one forward; the cache
     grows by ``k`` columns until it spans the whole window). A row whose window is unchanged
-    reuses its last hidden state. Any other row (a new episode, a different env order, anything unexpected) is recomputed
-    from scratch, from the first column where one of those rows has a real token. After each call
+    reuses its last hidden state. Any other row (a new episode, a different env order, anything
+    unexpected) is recomputed from scratch, from the first column where one of those rows has a
+    real token; identical such rows (the envs of a GRPO group starting their shared prompt) are
+    computed once and copied. After each call
     the cache is cut to the first column where any row has a real token. A batch of another size
     whose every row equals a cached row or extends one by one token (stock SB3's batch-of-one
     value bootstrap of a truncated episode, on its terminal observation) is answered from those
@@ -576,9 +578,10 @@ class RolloutKVCache:
         #: hidden states of every row's window plus its next token (the rows computed, the states)
         self._side_calls = 0
         self._ahead: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: counts of rows served from the cache, one token, and full recomputes, and of the
-        #: forwards run for side queries (for tests/stats)
-        self.stats = {"reused": 0, "incremental": 0, "full": 0, "side_forwards": 0}
+        #: counts of rows served from the cache, one token, and full recomputes (of which
+        #: ``shared`` copied from an identical row's), and of the forwards run for side queries
+        #: (for tests/stats)
+        self.stats = {"reused": 0, "incremental": 0, "full": 0, "shared": 0, "side_forwards": 0}
 
     @property
     def width(self) -> int:
@@ -702,8 +705,8 @@ class RolloutKVCache:
             sub_ids = ids[idx] if n_full < batch else ids
             sub_mask = mask[idx] if n_full < batch else mask
             first = self._first_real(sub_mask)  # all-padding leading columns are skipped
-            hidden, cache = net.run_trunk(sub_ids[:, first:], sub_mask[:, first:], use_cache=True)
-            parts.append((idx, hidden[:, -1], self._layers_of(cache)))
+            hidden, layers = self._compute(net, sub_ids[:, first:], sub_mask[:, first:])
+            parts.append((idx, hidden, layers))
 
         if len(parts) == 1:
             _, out, layers = parts[0]
@@ -718,6 +721,24 @@ class RolloutKVCache:
         self.version = version
         self._forget_next()
         return out
+
+    def _compute(
+        self, net: CausalLMActorCritic, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Rows computed from scratch: their last hidden states and layers. Identical rows (the
+        envs of a GRPO group starting the same prompt) are computed once and copied.
+
+        :return: ``(rows, hidden)`` and the rows' layers.
+        """
+        unique, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+        if unique.shape[0] == ids.shape[0]:
+            hidden, cache = net.run_trunk(ids, mask, use_cache=True)
+            return hidden[:, -1], self._layers_of(cache)
+        self.stats["shared"] += ids.shape[0] - unique.shape[0]
+        width = ids.shape[1]
+        hidden, cache = net.run_trunk(unique[:, :width], unique[:, width:], use_cache=True)
+        layers = [(k[inverse], v[inverse]) for k, v in self._layers_of(cache)]
+        return hidden[inverse, -1], layers
 
     def _extend(
         self,

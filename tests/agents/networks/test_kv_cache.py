@@ -114,6 +114,27 @@ def test_cache_matches_full_recompute_with_resets(net: CausalLMActorCritic):
     assert cache.stats["incremental"] > 3 * cache.stats["full"] > 0
 
 
+def test_identical_new_rows_are_computed_once(net: CausalLMActorCritic):
+    """A GRPO group's envs start the same prompt: its window is computed once, copied to every
+    row, and each row then goes on from its copy as from its own computation."""
+    rng = np.random.default_rng(3)
+    ids, mask = (torch.tensor(a) for a in _random_windows(rng, 2, 12, net.vocab_size))
+    ids, mask = ids[[0, 1, 0, 0, 1]], mask[[0, 1, 0, 0, 1]]  # two prompts, three and two copies
+    cache = RolloutKVCache()
+    with torch.no_grad():
+        for step in range(4):
+            logits_c, values_c = net(ids, mask, cache)
+            logits_f, values_f = net(ids, mask)
+            assert torch.allclose(logits_c, logits_f, atol=ATOL), step
+            assert torch.allclose(values_c, values_f, atol=ATOL), step
+            # the copies part ways: each row samples its own next token
+            tokens = torch.arange(5) + 7 * step + 11
+            ids = torch.cat([ids[:, 1:], tokens[:, None]], 1)
+            mask = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], 1)
+    assert cache.stats["full"] == 5 and cache.stats["shared"] == 3
+    assert cache.stats["incremental"] == 3 * 5
+
+
 def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: CausalLMActorCritic):
     rng = np.random.default_rng(1)
     ids, mask = (torch.tensor(a) for a in _random_windows(rng, 3, 12, net.vocab_size))
