@@ -183,10 +183,13 @@ def packed_hidden(
     lengths: torch.Tensor,
     rows: torch.Tensor,
     positions: torch.Tensor,
+    *,
+    share_prefixes: bool = True,
 ) -> torch.Tensor:
     """The episode forward: the trunk's hidden states of many windows from one forward over the
     longer windows whose real tokens they are prefixes of (EpisodePPO's update, the KL reference,
-    the RLlib module's train forward).
+    the RLlib module's train forward). Sequences that begin with the same tokens (a GRPO group's
+    prompt) run that prefix once (:func:`shared_prefixes`).
 
     :param network: the network whose trunk runs.
     :param input_ids: ``(n, W)`` left-padded window ids (long).
@@ -196,14 +199,109 @@ def packed_hidden(
     :param lengths: ``(B,)`` tokens to run of each (a prefix of its real tokens).
     :param rows: ``(k,)`` context (index into ``context_rows``) of each wanted hidden state.
     :param positions: ``(k,)`` its position in that context (``0`` = the first real token).
+    :param share_prefixes: run a prefix shared by several sequences once (``False``: one plain
+        causal forward over all of them).
     :return: ``(k, hidden)``, the hidden states ``network.last_hidden`` gives on the windows that
         end there, up to float rounding.
     """
     packed = pack_real_tokens(input_ids, context_rows, n_real, lengths)
+    plan = shared_prefixes(packed, lengths) if share_prefixes else None
+    if plan is not None:
+        return _prefix_shared_hidden(network, packed, lengths, plan, rows, positions)
     # Right padding under causal attention needs no mask: all ones keeps the fast causal path and
     # gives positions 0..L-1, the positions the left-padded windows give their real tokens.
     hidden, _ = network.run_trunk(packed, torch.ones_like(packed))
     return hidden[rows, positions]
+
+
+#: The shortest prefix worth sharing, in tokens (:func:`shared_prefixes`).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefixes(
+    packed: torch.Tensor, lengths: torch.Tensor, min_prefix: int = MIN_SHARED_PREFIX
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Clusters of packed sequences that begin with the same tokens (a GRPO group's episodes:
+    one prompt, ``G`` completions), for :func:`packed_hidden` to run each shared prefix once.
+
+    :param packed: ``(B, L)`` sequences (see :func:`pack_real_tokens`).
+    :param lengths: ``(B,)`` real tokens of each.
+    :param min_prefix: the shortest prefix worth sharing.
+    :return: ``(cluster of each sequence (B,), prefix length (C,), first member (C,))`` of the
+        ``C`` clusters; a prefix is shorter than every sequence of its cluster (a sequence alone
+        in its cluster has a prefix of one token). ``None`` when no two sequences share
+        ``min_prefix`` tokens, or a sequence has fewer than two.
+    """
+    batch, span = packed.shape
+    n = lengths.cpu().numpy()
+    if batch < 2 or span <= min_prefix or n.min() < 2:
+        return None
+    ids = packed.cpu().numpy()
+    real = np.where(np.arange(span)[None, :] < n[:, None], ids, -1)  # nothing matches past a length
+    order = np.lexsort(real.T[::-1])  # rows sorted by their tokens: shared prefixes are neighbours
+    same = real[order[1:]] == real[order[:-1]]
+    lcp = np.where(same.all(1), span, np.argmin(same, axis=1))  # common prefix of neighbours
+    place_cluster = np.r_[0, np.cumsum(lcp < min_prefix)]  # a new cluster where it is too short
+    n_clusters = int(place_cluster[-1]) + 1
+    if n_clusters == batch:
+        return None
+    prefix = np.ones(n_clusters, dtype=np.int64)
+    first = np.zeros(n_clusters, dtype=np.int64)
+    for c in range(n_clusters):
+        places = np.flatnonzero(place_cluster == c)  # consecutive places in sorted order
+        members = order[places]
+        first[c] = members.min()
+        if len(places) > 1:
+            shared = int(lcp[places[0] : places[-1]].min())
+            prefix[c] = min(shared, int(n[members].min()) - 1)  # each sequence keeps a token
+    cluster = np.empty(batch, dtype=np.int64)
+    cluster[order] = place_cluster
+    device = packed.device
+    return (
+        torch.as_tensor(cluster, device=device),
+        torch.as_tensor(prefix, device=device),
+        torch.as_tensor(first, device=device),
+    )
+
+
+def _prefix_shared_hidden(
+    network: CausalLMActorCritic,
+    packed: torch.Tensor,
+    lengths: torch.Tensor,
+    plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`packed_hidden` with each cluster's shared prefix run once: a forward over the
+    prefixes (right-padded, their keys and values kept), then one over every sequence's rest
+    attending to its cluster's prefix (gradients flow into the prefix through its keys and
+    values). Same hidden states up to float rounding.
+    """
+    cluster, prefix, first = plan
+    device = packed.device
+    span_p = int(prefix.max())
+    cols_p = torch.arange(span_p, device=device)
+    prefix_ids = packed[first, :span_p]
+    prefix_mask = (cols_p[None, :] < prefix[:, None]).long()
+    hidden_p, cache = network.run_trunk(prefix_ids, prefix_mask, use_cache=True)
+    start = prefix[cluster]  # (B,) where each sequence's rest begins
+    rest = lengths - start
+    span_r = int(rest.max())
+    cols_r = torch.arange(span_r, device=device)
+    gather = torch.minimum(cols_r[None, :], (rest - 1)[:, None]) + start[:, None]
+    rest_ids = packed.gather(1, gather)
+    past = [(k[cluster], v[cluster]) for k, v in RolloutKVCache._layers_of(cache)]
+    mask = torch.cat([prefix_mask[cluster], torch.ones_like(rest_ids)], 1)
+    hidden_r, _ = network.run_trunk(
+        rest_ids,
+        mask,
+        position_ids=start[:, None] + cols_r[None, :],
+        past_key_values=RolloutKVCache._cache_from(past),
+    )
+    in_prefix = positions < start[rows]
+    from_prefix = hidden_p[cluster[rows], positions.clamp(max=span_p - 1)]
+    from_rest = hidden_r[rows, (positions - start[rows]).clamp(min=0, max=span_r - 1)]
+    return torch.where(in_prefix[:, None], from_prefix, from_rest)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -553,8 +651,8 @@ class RolloutKVCache:
     reuses its last hidden state. Any other row (a new episode, a different env order, anything
     unexpected) is recomputed from scratch, from the first column where one of those rows has a
     real token; identical such rows (the envs of a GRPO group starting their shared prompt) are
-    computed once and copied. After each call
-    the cache is cut to the first column where any row has a real token. A batch of another size
+    computed once and copied. After each call the cache is cut to the first column where any row
+    has a real token. A batch of another size
     whose every row equals a cached row or extends one by one token (stock SB3's batch-of-one
     value bootstrap of a truncated episode, on its terminal observation) is answered from those
     rows and leaves the cache as it is; when several come in one step, the rows' windows plus the

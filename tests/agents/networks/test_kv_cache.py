@@ -20,7 +20,14 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache, position_ids_from_mask
+from agents.networks.actor_critic import (
+    CausalLMActorCritic,
+    RolloutKVCache,
+    pack_real_tokens,
+    packed_hidden,
+    position_ids_from_mask,
+    shared_prefixes,
+)
 from agents.networks.policies import LMActorCriticPolicy, LMDQNPolicy
 from lm_gym.models import tokenizer_name_for_model
 from lm_gym.tasks.verifiable import CountUpEnv
@@ -419,3 +426,62 @@ def test_cached_steps_pass_the_cache_under_the_current_keyword(net: CausalLMActo
         logits_c, _ = net(ids2, mask2, cache)
     assert cache.stats["incremental"] == 2
     assert torch.allclose(logits_c, net(ids2, mask2)[0], atol=ATOL)
+
+
+def _episodes(vocab: int, width: int = 40) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Left-padded final windows of seven episodes: a prompt of 12 tokens played four times, one
+    of 9 tokens twice, and one of 15 tokens once (completions of 3 to 19 tokens)."""
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, vocab, 12), rng.integers(0, vocab, 9), rng.integers(0, vocab, 15)]
+    episodes = [
+        np.r_[prompts[g], rng.integers(0, vocab, int(rng.integers(3, 20)))]
+        for g in (0, 0, 0, 1, 1, 2, 0)
+    ]
+    ids = np.full((len(episodes), width), PAD)
+    mask = np.zeros((len(episodes), width), dtype=np.int64)
+    for i, e in enumerate(episodes):
+        ids[i, width - len(e) :], mask[i, width - len(e) :] = e, 1
+    return torch.as_tensor(ids), torch.as_tensor(mask), [12, 12, 12, 9, 9, 15, 12]
+
+
+def test_shared_prefixes_find_each_groups_prompt(net: CausalLMActorCritic):
+    ids, mask, prompt_lengths = _episodes(net.vocab_size)
+    n_real = mask.sum(1)
+    packed = pack_real_tokens(ids, torch.arange(len(ids)), n_real, n_real)
+    plan = shared_prefixes(packed, n_real)
+    assert plan is not None
+    cluster, prefix, first = plan
+    assert len(prefix) == 3
+    for row, length in enumerate(prompt_lengths):
+        c = int(cluster[row])
+        assert int(first[c]) == int((cluster == c).nonzero()[0])
+        if length == 15:  # alone: a one-token prefix
+            assert int(prefix[c]) == 1
+        else:  # the prompt, or more where the completions happen to agree (never here)
+            assert int(prefix[c]) == length
+    assert shared_prefixes(packed[[0, 3, 5]], n_real[[0, 3, 5]]) is None  # nothing shared
+
+
+def test_packed_hidden_with_shared_prefixes_matches_the_plain_forward(net: CausalLMActorCritic):
+    """Hidden states and every parameter's gradient the same as one causal forward over all the
+    sequences (GPT-2's learned positions and Llama's rotary ones)."""
+    ids, mask, _ = _episodes(net.vocab_size)
+    n_real = mask.sum(1)
+    rows = torch.cat([torch.full((int(n),), i) for i, n in enumerate(n_real)])
+    positions = torch.cat([torch.arange(int(n)) for n in n_real])
+    results = []
+    for share in (False, True):
+        net.zero_grad()
+        hidden = packed_hidden(
+            net, ids, torch.arange(len(ids)), n_real, n_real, rows, positions, share_prefixes=share
+        )
+        loss = net.logits_from_hidden(hidden).logsumexp(-1).mean() + hidden.pow(2).mean()
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+        results.append((hidden.detach(), grads))
+    net.zero_grad()
+    (plain, plain_grads), (shared, shared_grads) = results
+    assert torch.allclose(plain, shared, atol=1e-5)
+    assert len(plain_grads) == len(shared_grads) > 0
+    for a, b in zip(plain_grads, shared_grads):
+        assert torch.allclose(a, b, atol=1e-5)
