@@ -21,7 +21,7 @@ PY_OLDEST := $(VENV_OLDEST)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 RAY_TESTS ?= tests/agents/rllib/test_rllib.py tests/lm_gym/test_envs.py
-OLDEST_TESTS ?= tests/lm_gym/test_envs.py tests/test_bad_input.py tests/agents/networks/test_kv_cache.py tests/agents/test_cli.py
+OLDEST_TESTS ?= tests/lm_gym/test_envs.py tests/test_bad_input.py tests/agents/networks/test_kv_cache.py tests/agents/test_cli.py tests/agents/test_options.py
 
 .PHONY: demo test test-core test-ray test-oldest lint format bench clean
 

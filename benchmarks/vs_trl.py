@@ -99,27 +99,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def env_prompts(
     env_id: str, count: int, new_tokens: int, seed: int, model: str | None = None
-) -> tuple[list[str], Any]:
-    """The first ``count`` prompts the lm-gym env draws, as the text of its observation windows.
+) -> tuple[list[dict[str, Any]], Any]:
+    """The first ``count`` samples the lm-gym env draws, as TRL data set rows: ``prompt`` (the
+    text of the env's observation window) and ``references`` (the sample's, for the reward).
 
     :param env_id: the lm-gym id.
     :param count: number of prompts.
     :param new_tokens: the env's ``max_new_tokens``.
     :param seed: seeds of the resets are ``seed, seed + 1, ...``.
     :param model: the model that acts: the env's tokenizer follows it.
-    :return: the prompts and the env (its tokenizer and reward scorer are reused).
+    :return: the rows and the env (its tokenizer and reward scorer are reused).
     """
     from lm_gym.envs import env_kwargs_for_model
 
     env_id = f"lm_gym:{env_id}"
     kwargs = env_kwargs_for_model(env_id, model, {"max_new_tokens": new_tokens})
     env = gym.make(env_id, **kwargs).unwrapped
-    prompts = []
+    rows = []
     for i in range(count):
         obs, _ = env.reset(seed=seed + i)
         ids = obs["input_ids"][obs["attention_mask"] == 1]
-        prompts.append(env.tokenizer.decode(ids.tolist()))
-    return prompts, env
+        references = list(env.sample.references) if env.sample is not None else []
+        rows.append({"prompt": env.tokenizer.decode(ids.tolist()), "references": references})
+    return rows, env
 
 
 def env_reward_func(env: Any) -> Any:
@@ -183,7 +185,7 @@ class _IterationTimer(BaseCallback):
 
 def make_trl_trainer(
     model_name: str,
-    prompts: list[str],
+    rows: list[dict[str, Any]],
     env: Any,
     args: argparse.Namespace,
     device: torch.device,
@@ -192,7 +194,7 @@ def make_trl_trainer(
     """A ``GRPOTrainer`` on the model, with a callback that times each step and its memory.
 
     :param model_name: built-in name, hub id or folder (loaded by :func:`load_causal_lm`).
-    :param prompts: the prompt texts.
+    :param rows: the data set's rows (:func:`env_prompts`).
     :param env: the lm-gym env whose tokenizer and reward scorer are used.
     :param args: the parsed command line.
     :param device: torch device.
@@ -259,7 +261,7 @@ def make_trl_trainer(
         model=load_causal_lm(model_name),
         reward_funcs=reward,
         args=config,
-        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        train_dataset=Dataset.from_list(rows),
         processing_class=env.tokenizer,
         callbacks=[timer],
     )
@@ -278,7 +280,7 @@ def bench_model(
     :param device: torch device.
     :return: one dict per lm-gym agent, each against the same TRL iterations.
     """
-    prompts, env = env_prompts(args.env, args.prompts, args.new_tokens, args.seed, model_name)
+    rows, env = env_prompts(args.env, args.prompts, args.new_tokens, args.seed, model_name)
     steps = args.n * args.new_tokens
     models = {}
     for agent in args.agents:
@@ -299,7 +301,7 @@ def bench_model(
         )
     lm_timer = _IterationTimer()
     out_dir = tempfile.mkdtemp(prefix="lm_gym_vs_trl_")
-    trainer, trl_timer = make_trl_trainer(model_name, prompts, env, args, device, out_dir)
+    trainer, trl_timer = make_trl_trainer(model_name, rows, env, args, device, out_dir)
 
     times = Timings()
     peaks: dict[str, PeakMemory] = {}

@@ -104,3 +104,11 @@ def test_eval_speed_quick(bench, capsys) -> None:
     assert out["one"]["tokens"] > 0 and out["batched"]["n_envs"] == 2
     assert out["speedup"]["total"] > 0 and math.isfinite(out["one"]["perplexity"])
     assert "speed-up of n_envs=2" in capsys.readouterr().out
+
+
+def test_shared_prefix_quick(bench, capsys) -> None:
+    out = bench.import_module("shared_prefix").main(QUICK)
+    assert out["prompt_tokens"] > 1
+    for work in ("update", "first step"):
+        assert out[work]["plain_s"] > 0 and out[work]["shared_s"] > 0
+    assert "speed-up" in capsys.readouterr().out
