@@ -35,7 +35,10 @@ fraction used is logged as ``rollout/group_used_fraction``). With episodes of a 
 Minibatch losses are token-level means over the used transitions (each token weighs the same, as
 in DAPO; GRPO's original per-sequence mean weighs short answers more). Everything else (the
 episode-level forward, minibatches, logging, ``save``/``load``) is
-:class:`agents.algorithms.ppo.EpisodePPO`.
+:class:`agents.algorithms.ppo.EpisodePPO`. A group's prompt is computed once, not ``G`` times: in
+the rollout's first step (:class:`agents.networks.actor_critic.RolloutKVCache` computes identical
+new windows once) and in the update and the KL reference
+(:func:`agents.networks.actor_critic.packed_hidden` runs a shared prefix once).
 
 Usage::
 
