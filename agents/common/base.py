@@ -274,6 +274,12 @@ class BaseAgent:
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor options (JSON-serialisable), as :meth:`save` records them."""
         names = constructor_options(type(self), skip=("env", "verbose"))
+        missing = [name for name in names if not hasattr(self, name)]
+        if missing:
+            raise AttributeError(
+                f"{type(self).__name__} keeps no attribute {', '.join(missing)}: save() records "
+                "each constructor option from the attribute of the same name."
+            )
         return {name: getattr(self, name) for name in names}
 
     def get_env(self) -> gym.Env:

@@ -175,3 +175,18 @@ def test_cli_lists_an_agents_options(capsys) -> None:
     assert options["max_actions"]["default"] == 32 and options["max_actions"]["doc"]
     assert main(["agents", "nope"]) == 2
     assert "Unknown agent 'nope'" in capsys.readouterr().err
+
+
+def test_an_option_without_its_attribute_is_named_at_save(tmp_path) -> None:
+    import gymnasium as gym
+
+    import lm_gym  # noqa: F401
+    from agents.decoding import RandomAgent
+
+    class Forgetful(RandomAgent):
+        def __init__(self, env: gym.Env, width: int = 3, seed: int | None = None) -> None:
+            super().__init__(env, seed=seed)
+
+    agent = Forgetful(gym.make("LMToy-v0"))
+    with pytest.raises(AttributeError, match="no attribute width"):
+        agent.save(tmp_path / "agent")
