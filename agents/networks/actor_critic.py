@@ -824,12 +824,17 @@ class RolloutKVCache:
         self, net: CausalLMActorCritic, ids: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Rows computed from scratch: their last hidden states and layers. Identical rows (the
-        envs of a GRPO group starting the same prompt) are computed once and copied.
+        envs of a GRPO group starting the same prompt) of at least :data:`MIN_SHARED_PREFIX` real
+        tokens are computed once and copied (shorter ones save nothing worth the copy, and a
+        batch of another size rounds differently: tiny tasks keep their exact trajectories).
 
         :return: ``(rows, hidden)`` and the rows' layers.
         """
-        unique, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
-        if unique.shape[0] == ids.shape[0]:
+        if int(mask.sum(1).min()) >= MIN_SHARED_PREFIX:
+            unique, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+        else:
+            unique, inverse = ids, None
+        if unique.shape[0] == ids.shape[0] or inverse is None:
             hidden, cache = net.run_trunk(ids, mask, use_cache=True)
             return hidden[:, -1], self._layers_of(cache)
         self.stats["shared"] += ids.shape[0] - unique.shape[0]

@@ -21,6 +21,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.networks.actor_critic import (
+    MIN_SHARED_PREFIX,
     CausalLMActorCritic,
     RolloutKVCache,
     pack_real_tokens,
@@ -125,7 +126,11 @@ def test_identical_new_rows_are_computed_once(net: CausalLMActorCritic):
     """A GRPO group's envs start the same prompt: its window is computed once, copied to every
     row, and each row then goes on from its copy as from its own computation."""
     rng = np.random.default_rng(3)
-    ids, mask = (torch.tensor(a) for a in _random_windows(rng, 2, 12, net.vocab_size))
+    ids = torch.full((2, 16), PAD)
+    mask = torch.zeros((2, 16), dtype=torch.long)
+    for row, n in enumerate((MIN_SHARED_PREFIX, MIN_SHARED_PREFIX + 3)):
+        ids[row, -n:] = torch.as_tensor(rng.integers(0, net.vocab_size, n))
+        mask[row, -n:] = 1
     ids, mask = ids[[0, 1, 0, 0, 1]], mask[[0, 1, 0, 0, 1]]  # two prompts, three and two copies
     cache = RolloutKVCache()
     with torch.no_grad():
@@ -140,6 +145,11 @@ def test_identical_new_rows_are_computed_once(net: CausalLMActorCritic):
             mask = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], 1)
     assert cache.stats["full"] == 5 and cache.stats["shared"] == 3
     assert cache.stats["incremental"] == 3 * 5
+    # shorter prompts are computed row by row, as before (nothing worth sharing)
+    short = RolloutKVCache()
+    with torch.no_grad():
+        net(ids[:, -(MIN_SHARED_PREFIX - 1) :].clone(), mask[:, -(MIN_SHARED_PREFIX - 1) :], short)
+    assert short.stats["full"] == 5 and short.stats["shared"] == 0
 
 
 def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: CausalLMActorCritic):
