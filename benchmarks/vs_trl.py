@@ -13,7 +13,8 @@ iteration:
   step. One iteration is one ``learn()`` of ``n x new_tokens`` steps.
 * TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size=n``,
   ``max_completion_length=new_tokens`` (``min_new_tokens`` too, so every completion has exactly
-  ``new_tokens`` tokens, as the lm-gym episodes do), ``beta=0`` (no reference model), bf16 and
+  ``new_tokens`` tokens, as the lm-gym episodes do: their envs stop on no string and not at EOS,
+  :data:`FIXED_LENGTH`), ``beta=0`` (no reference model), bf16 and
   gradient checkpointing off, one optimizer step per step. The prompts are the ones the lm-gym env
   draws (its data, template and left truncation to ``max_prompt_tokens``) and the reward is the
   env's reward scorer (VADER sentiment offline). A TRL step is timed from the trainer's
@@ -97,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_bench_args(parser, argv, {**quick, "iterations": 1, "warmup": 0, "prompts": 4})
 
 
+#: Env options that make every lm-gym episode exactly ``--new-tokens`` long, as TRL's completions
+#: are (``min_new_tokens``): no stop string, no stop at EOS. Without them a pretrained model that
+#: writes a newline early (``LMSummarize-v0`` stops on one) plays more, shorter episodes than TRL's
+#: completions, each with its own prompt: not the same work.
+FIXED_LENGTH: dict[str, Any] = {"stop_strings": [], "stop_on_eos": False}
+
+
 def env_prompts(
     env_id: str, count: int, new_tokens: int, seed: int, model: str | None = None
 ) -> tuple[list[dict[str, Any]], Any]:
@@ -113,7 +121,7 @@ def env_prompts(
     from lm_gym.envs import env_kwargs_for_model
 
     env_id = f"lm_gym:{env_id}"
-    kwargs = env_kwargs_for_model(env_id, model, {"max_new_tokens": new_tokens})
+    kwargs = env_kwargs_for_model(env_id, model, {"max_new_tokens": new_tokens, **FIXED_LENGTH})
     env = gym.make(env_id, **kwargs).unwrapped
     rows = []
     for i in range(count):
@@ -285,7 +293,12 @@ def bench_model(
     models = {}
     for agent in args.agents:
         vec_env = make_vec_env(
-            args.env, args.n, args.seed, model=model_name, max_new_tokens=args.new_tokens
+            args.env,
+            args.n,
+            args.seed,
+            model=model_name,
+            max_new_tokens=args.new_tokens,
+            **FIXED_LENGTH,
         )
         models[agent] = make_ppo(
             vec_env,
