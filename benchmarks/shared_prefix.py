@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if share:
                 RolloutKVCache().last_hidden(net, prompt_ids, prompt_mask)
             else:  # as the cache ran new rows before: every row, from the first real column
-                first = int((prompt_mask.cumsum(1) == 0).sum(1).min())
+                first = RolloutKVCache._first_real(prompt_mask)
                 net.run_trunk(prompt_ids[:, first:], prompt_mask[:, first:], use_cache=True)
 
     times = Timings()
