@@ -160,7 +160,13 @@ load_movie_reviews = _builtin_loader(
 # --------------------------------------------------------------------------------------------------
 # django-en-XX: Django's message catalogues
 
-DJANGO_VERSION = 1
+DJANGO_VERSION = 2
+
+#: Longest English source string (in characters) kept: every prompt then fits
+#: ``LMTranslate-v0``'s 64 prompt tokens with GPT-2's and SmolLM2's tokenizers (at most 55 with
+#: Django 5.2's catalogues), so the env never cuts or warns on its own data. About 10 longer
+#: strings (help texts with HTML) are left out.
+DJANGO_MAX_CHARS = 140
 
 #: Target languages registered as ``django-en-<code>`` (Django locale code -> language name).
 DJANGO_LANGUAGES = {
@@ -224,6 +230,8 @@ def _build_django(lang: str) -> Iterator[Sample]:
             source, target = _normalise(msgid), _normalise(msgstr)
             if not source or not target or not has_words(source) or not has_words(target):
                 continue
+            if len(source) > DJANGO_MAX_CHARS:
+                continue
             pairs.setdefault(source, (target, app))
     for source in sorted(pairs):
         target, app = pairs[source]
@@ -252,7 +260,7 @@ for _lang, _language in DJANGO_LANGUAGES.items():
 # --------------------------------------------------------------------------------------------------
 # stdlib-docstrings: (docstring body -> one-line summary) pairs
 
-STDLIB_DOCSTRINGS_VERSION = 2
+STDLIB_DOCSTRINGS_VERSION = 3
 
 #: The standard library modules whose docstrings make the data set (a fixed list: changing it
 #: changes the data, so bump ``STDLIB_DOCSTRINGS_VERSION`` too).
@@ -269,6 +277,10 @@ STDLIB_MODULES = (
 
 #: Longest document (in words) kept; longer docstring bodies are cut.
 STDLIB_MAX_WORDS = 150
+#: Longest document (in characters) kept, cut at a word boundary: every prompt then fits
+#: ``LMSummarize-v0``'s 256 prompt tokens with GPT-2's and SmolLM2's tokenizers (at most 233 with
+#: Python 3.11's docstrings), so the env never cuts or warns on its own data.
+STDLIB_MAX_CHARS = 800
 
 
 def split_docstring(doc: str) -> tuple[str, str] | None:
@@ -276,7 +288,8 @@ def split_docstring(doc: str) -> tuple[str, str] | None:
 
     The summary is the first paragraph, on one line, a sentence of 4 to 30 words (it starts with a
     capital letter and ends with "."). The body is the rest without doctest paragraphs (those that
-    start with ``>>>``), whitespace-normalised, at least 15 words, cut to :data:`STDLIB_MAX_WORDS`.
+    start with ``>>>``), whitespace-normalised, at least 15 words, cut to :data:`STDLIB_MAX_WORDS`
+    words and then to :data:`STDLIB_MAX_CHARS` characters at a word boundary.
 
     :param doc: a cleaned docstring (:func:`inspect.getdoc`).
     :return: ``(summary, body)`` or ``None`` when the docstring does not qualify.
@@ -292,7 +305,10 @@ def split_docstring(doc: str) -> tuple[str, str] | None:
     words = " ".join(p for p in paragraphs if not p.lstrip().startswith(">>>")).split()
     if len(words) < 15:
         return None
-    return summary, " ".join(words[:STDLIB_MAX_WORDS])
+    body = " ".join(words[:STDLIB_MAX_WORDS])
+    if len(body) > STDLIB_MAX_CHARS:
+        body = body[: STDLIB_MAX_CHARS + 1].rsplit(" ", 1)[0]
+    return summary, body
 
 
 def _public_members(module: Any) -> Iterator[tuple[str, Any]]:

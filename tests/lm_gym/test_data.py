@@ -153,6 +153,7 @@ def test_django_content():
     assert by_source["Monday"] == "Montag"
     for s in samples:
         assert "\x04" not in s.prompt and builtin.has_words(s.prompt)
+        assert len(s.prompt) <= builtin.DJANGO_MAX_CHARS
         assert s.meta["target_lang"] == "de"
     assert not builtin.has_words("%(value)s: %s {} {name}")
     assert builtin.has_words("Enter %(count)d items.")
@@ -163,11 +164,16 @@ def test_stdlib_docstrings_content():
     assert {s.meta["module"] for s in samples} <= set(builtin.STDLIB_MODULES)
     for s in samples:
         assert 15 <= len(s.prompt.split()) <= builtin.STDLIB_MAX_WORDS
+        assert len(s.prompt) <= builtin.STDLIB_MAX_CHARS
         summary = s.references[0]
         assert 4 <= len(summary.split()) <= 30 and summary.endswith(".") and "\n" not in summary
     doc = "Return the thing you asked for.\n\n" + "word " * 200
     summary, body = builtin.split_docstring(doc)
     assert summary == "Return the thing you asked for." and len(body.split()) == 150
+    summary, body = builtin.split_docstring(
+        "Return the thing you asked for.\n\n" + "abcdefghi " * 100
+    )
+    assert len(body) == 799 and body.endswith("abcdefghi")  # 80 words, cut at a word boundary
     assert builtin.split_docstring("Too short.\n\n" + "word " * 20) is None
     assert builtin.split_docstring("Return a long thing that\nwraps.\n\n" + "word " * 20) is None
     assert builtin.split_docstring("Return the thing you asked for.\n\nToo short body.") is None

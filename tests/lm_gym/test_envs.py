@@ -53,6 +53,28 @@ def test_checkers_pass_without_warnings(env_id: str) -> None:
         sb3_check_env(env, warn=True)
 
 
+#: The offline envs that draw their prompts from a data set (the others make them as they go).
+DATA_IDS = ["LMText-v0", "LMTranslate-v0", "LMSummarize-v0", "LMDialogue-v0"]
+
+
+def test_data_ids_are_the_envs_with_data() -> None:
+    with_data = [i for i in OFFLINE_IDS if gym.make(i, **FAST.get(i, {})).unwrapped.samples]
+    assert with_data == DATA_IDS
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "tiny-llama"])
+@pytest.mark.parametrize("env_id", DATA_IDS)
+def test_builtin_prompts_fit(env_id: str, tokenizer: str) -> None:
+    """Every prompt of an env's own data fits its ``max_prompt_tokens`` with GPT-2's and SmolLM2's
+    tokenizers, so no reset cuts a prompt or warns (the checkers' resets are unseeded: one long
+    prompt would make them fail now and then)."""
+    env: TextEnv = gym.make(env_id, tokenizer=tokenizer).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for index in range(len(env.samples)):
+            env.reset(seed=0, options={"index": index})
+
+
 @pytest.mark.parametrize("env_id", OFFLINE_IDS)
 def test_contract_and_determinism(env_id: str) -> None:
     env = gym.make(env_id, render_mode="ansi", **FAST.get(env_id, {}))
