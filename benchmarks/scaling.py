@@ -105,12 +105,30 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         return out
 
     cache.last_hidden = tracking  # type: ignore[method-assign]
+    # where the iteration's time goes: the update (train), the KL penalty (its reference forward,
+    # inside collect_rollouts) and the rest of collect_rollouts (the rollout itself)
+    phases = {"rollout": 0.0, "kl": 0.0, "update": 0.0}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[name] += time.perf_counter() - t
+
+        return wrapper
+
+    model.collect_rollouts = timed("rollout", model.collect_rollouts)  # type: ignore[method-assign]
+    model.train = timed("update", model.train)  # type: ignore[method-assign]
+    kl.penalise = timed("kl", kl.penalise)  # type: ignore[method-assign]
     steps = n_envs * new_tokens
     model.learn(steps, callback=kl)  # warm-up iteration (allocator, optimizer state), untimed
     t0 = time.perf_counter()
     generated = generate_batch(policy.net.lm, model._last_obs, new_tokens, device)
     gen = generated / (time.perf_counter() - t0)
     mib = 2.0**20
+    phases.update(rollout=0.0, kl=0.0, update=0.0)
     with peak_memory(device) as peak:
         t0 = time.perf_counter()
         model.learn(steps, callback=kl, reset_num_timesteps=False)
@@ -138,6 +156,14 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         "tokens_per_s": steps / seconds,
         "generate_tokens_per_s": gen,
         "ratio": steps / seconds / gen,
+        "seconds": seconds,
+        "generate_seconds": steps / gen,
+        # the KL penalty runs inside collect_rollouts: the rollout's own time is the difference
+        "phase_seconds": {
+            "rollout": phases["rollout"] - phases["kl"],
+            "kl": phases["kl"],
+            "update": phases["update"],
+        },
         "peak_mib": peak.peak_mib,
         "memory_kind": peak.kind,
         "split_mib": split,
@@ -160,17 +186,17 @@ def table(points: list[dict[str, Any]]) -> str:
     """A markdown table of the points."""
     parts = ("weights", "reference", "optimizer", "gradients", "kv_cache", "activations")
     lines = [
-        "| envs | new tokens | train tok/s | generate tok/s | ratio | peak MiB | "
-        + " | ".join(parts)
-        + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(parts),
+        "| envs | new tokens | train tok/s | generate tok/s | ratio | "
+        "rollout / KL / update s (generate s) | peak MiB | " + " | ".join(parts) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(parts),
     ]
     for p in points:
         split = " | ".join(f"{p['split_mib'][k]:,.0f}" for k in parts)
+        times = " / ".join(f"{p['phase_seconds'][k]:.1f}" for k in ("rollout", "kl", "update"))
         lines.append(
             f"| {p['n_envs']} | {p['new_tokens']} | {p['tokens_per_s']:,.1f} | "
-            f"{p['generate_tokens_per_s']:,.1f} | {p['ratio']:.2f} | {p['peak_mib']:,.0f} | "
-            f"{split} |"
+            f"{p['generate_tokens_per_s']:,.1f} | {p['ratio']:.2f} | "
+            f"{times} ({p['generate_seconds']:.1f}) | {p['peak_mib']:,.0f} | {split} |"
         )
     return "\n".join(lines)
 

@@ -80,6 +80,9 @@ def test_scaling_quick(bench, capsys, tmp_path: Path) -> None:
         assert 0.9 * split["weights"] < split["reference"] <= split["weights"]
         assert split["optimizer"] == pytest.approx(2 * split["gradients"], rel=0.01)  # Adam
         assert split["kv_cache"] > 0
+        phases = p["phase_seconds"]
+        assert all(phases[k] > 0 for k in ("rollout", "kl", "update"))
+        assert sum(phases.values()) <= p["seconds"]
     assert (tmp_path / "scaling.png").exists() and "train tok/s" in capsys.readouterr().out
 
 
