@@ -18,6 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import lm_gym
+from lm_gym.data import SPLITS
 from lm_gym.envs import EpisodeError, TextEnv, list_envs
 from lm_gym.envs.multiturn import MultiTurnEnv
 from lm_gym.tasks.text_generation import TextGenerationEnv
@@ -65,14 +66,16 @@ def test_data_ids_are_the_envs_with_data() -> None:
 @pytest.mark.parametrize("tokenizer", ["gpt2", "tiny-llama"])
 @pytest.mark.parametrize("env_id", DATA_IDS)
 def test_builtin_prompts_fit(env_id: str, tokenizer: str) -> None:
-    """Every prompt of an env's own data fits its ``max_prompt_tokens`` with GPT-2's and SmolLM2's
-    tokenizers, so no reset cuts a prompt or warns (the checkers' resets are unseeded: one long
-    prompt would make them fail now and then)."""
-    env: TextEnv = gym.make(env_id, tokenizer=tokenizer).unwrapped
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for index in range(len(env.samples)):
-            env.reset(seed=0, options={"index": index})
+    """Every prompt of an env's own data (every split) fits its ``max_prompt_tokens`` with GPT-2's
+    and SmolLM2's tokenizers, so no reset cuts a prompt or warns (the checkers' resets are
+    unseeded: one long prompt would make them fail now and then)."""
+    for split in SPLITS:
+        env: TextEnv = gym.make(env_id, tokenizer=tokenizer, split=split).unwrapped
+        assert env.samples
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for index in range(len(env.samples)):
+                env.reset(seed=0, options={"index": index})
 
 
 @pytest.mark.parametrize("env_id", OFFLINE_IDS)
