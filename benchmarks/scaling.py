@@ -73,7 +73,7 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     :return: tokens/s, generate()'s tokens/s, peak memory and its split, in MiB.
     """
     import torch
-    from bench_common import make_ppo, make_vec_env, peak_memory, setup_torch
+    from bench_common import make_ppo, make_vec_env, peak_memory, setup_torch, timed
     from rollout_speed import generate_batch
 
     from agents.algorithms.kl import KLPenaltyCallback
@@ -109,19 +109,17 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     # inside collect_rollouts) and the rest of collect_rollouts (the rollout itself)
     phases = {"rollout": 0.0, "kl": 0.0, "update": 0.0}
 
-    def timed(name: str, fn: Any) -> Any:
+    def phase(name: str, fn: Any) -> Any:
         def wrapper(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[name] += time.perf_counter() - t
+            seconds, out = timed(lambda: fn(*a, **k), device)  # device-synchronised
+            phases[name] += seconds
+            return out
 
         return wrapper
 
-    model.collect_rollouts = timed("rollout", model.collect_rollouts)  # type: ignore[method-assign]
-    model.train = timed("update", model.train)  # type: ignore[method-assign]
-    kl.penalise = timed("kl", kl.penalise)  # type: ignore[method-assign]
+    model.collect_rollouts = phase("rollout", model.collect_rollouts)  # type: ignore[method-assign]
+    model.train = phase("update", model.train)  # type: ignore[method-assign]
+    kl.penalise = phase("kl", kl.penalise)  # type: ignore[method-assign]
     steps = n_envs * new_tokens
     model.learn(steps, callback=kl)  # warm-up iteration (allocator, optimizer state), untimed
     t0 = time.perf_counter()
