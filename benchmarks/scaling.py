@@ -7,7 +7,8 @@ rollouts of one episode length per env) with the after-rollout KL penalty to a f
 (:class:`agents.algorithms.kl.KLPenaltyCallback`): rollout + KL + update. Printed per point:
 
 * training tokens/s (the iteration's env steps over its wall time) and, measured in the same
-  process, HF ``generate()``'s tokens/s on the same prompts: their ratio;
+  process just before and just after it (the mean of the two times), HF ``generate()``'s
+  tokens/s on the same prompts: their ratio;
 * peak memory (RSS on CPU, allocated CUDA memory on GPU) and its split: weights (the policy's
   parameters), reference (the frozen reference's own parameters: 0 when it shares the policy's,
   as a LoRA policy's adapters-off view does), optimizer state (Adam's moments), gradients,
@@ -122,15 +123,23 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     kl.penalise = phase("kl", kl.penalise)  # type: ignore[method-assign]
     steps = n_envs * new_tokens
     model.learn(steps, callback=kl)  # warm-up iteration (allocator, optimizer state), untimed
-    t0 = time.perf_counter()
-    generated = generate_batch(policy.net.lm, model._last_obs, new_tokens, device)
-    gen = generated / (time.perf_counter() - t0)
+
+    def generate_seconds() -> float:
+        seconds, generated = timed(
+            lambda: generate_batch(policy.net.lm, model._last_obs, new_tokens, device), device
+        )
+        assert generated == steps
+        return seconds
+
+    before = generate_seconds()
     mib = 2.0**20
     phases.update(rollout=0.0, kl=0.0, update=0.0)
     with peak_memory(device) as peak:
         t0 = time.perf_counter()
         model.learn(steps, callback=kl, reset_num_timesteps=False)
         seconds = time.perf_counter() - t0
+    # generate() before and after the timed iteration: the reference, under the same load
+    gen = steps / ((before + generate_seconds()) / 2)
 
     def nbytes(tensors: Any) -> float:
         return sum(t.numel() * t.element_size() for t in tensors) / mib

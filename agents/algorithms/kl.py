@@ -68,7 +68,6 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
@@ -78,6 +77,7 @@ from agents.algorithms.ppo import (
     EpisodeIndex,
     build_episode_index,
     episode_hidden_states,
+    last_values,
 )
 from agents.networks.actor_critic import CausalLMActorCritic, RolloutKVCache
 from agents.networks.policies import lm_network
@@ -425,22 +425,23 @@ def episode_action_log_probs(
         rows = torch.as_tensor(inds, device=input_ids.device)
         out[rows] = _log_probs_at(network, hidden, actions[rows])
 
-    chunk: list[int] = []
-    for s in np.argsort(index.n_real, kind="stable"):  # shortest first: little padding
-        if chunk and (len(chunk) + 1) * int(index.n_real[s]) > max_batch_tokens:
+    with network.scoring():
+        chunk: list[int] = []
+        for s in np.argsort(index.n_real, kind="stable"):  # shortest first: little padding
+            if chunk and (len(chunk) + 1) * int(index.n_real[s]) > max_batch_tokens:
+                run(chunk)
+                chunk = []
+            chunk.append(int(s))
+        if chunk:
             run(chunk)
-            chunk = []
-        chunk.append(int(s))
-    if chunk:
-        run(chunk)
 
-    rest = np.flatnonzero(index.segment < 0)
-    width = max(1, input_ids.shape[1])
-    for start in range(0, len(rest), max(1, max_batch_tokens // width)):
-        rows = torch.as_tensor(rest[start : start + max(1, max_batch_tokens // width)])
-        rows = rows.to(input_ids.device)
-        hidden = network.last_hidden(input_ids[rows], attention_mask[rows])
-        out[rows] = _log_probs_at(network, hidden, actions[rows])
+        rest = np.flatnonzero(index.segment < 0)
+        width = max(1, input_ids.shape[1])
+        for start in range(0, len(rest), max(1, max_batch_tokens // width)):
+            rows = torch.as_tensor(rest[start : start + max(1, max_batch_tokens // width)])
+            rows = rows.to(input_ids.device)
+            hidden = network.last_hidden(input_ids[rows], attention_mask[rows])
+            out[rows] = _log_probs_at(network, hidden, actions[rows])
     return out
 
 
@@ -610,11 +611,8 @@ class KLPenaltyCallback(_KLPenalty, BaseCallback):
         coef = self.coef
         rollout_buffer.rewards -= (coef * kl).astype(np.float32)
         dones = self._dones[-1]
-        with torch.no_grad():
-            last_values = policy.predict_values(
-                obs_as_tensor(self.model._last_obs, self.model.device)  # type: ignore[arg-type]
-            )
-        rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=dones)
+        values = last_values(policy, self.model._last_obs, dones, self.model.device)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
         self.last_token_kl, self.last_coef = kl, coef
 
         self.stats.resize(n_envs)

@@ -88,12 +88,33 @@ __all__ = [
     "episode_hidden_states",
     "evaluate_episode_actions",
     "find_network",
+    "last_values",
     "segment_groups",
 ]
 
 #: Observation keys of every lm-gym env.
 IDS_KEY = "input_ids"
 MASK_KEY = "attention_mask"
+
+
+def last_values(policy: Any, obs: Any, dones: np.ndarray, device: th.device) -> th.Tensor:
+    """The values that ``RolloutBuffer.compute_returns_and_advantage`` bootstraps a rollout's
+    unfinished episodes with: the policy's values of the observations after the last step.
+
+    The buffer multiplies them by ``1 - done``, so when every env's episode ended on that step
+    none is used and none is computed: zeros. That saves a forward of the envs' next prompts per
+    rollout (0.76 s of a 5.7 s ``smollm2-135m`` rollout of 8 episodes x 20 tokens, one thread).
+
+    :param policy: the SB3 policy (``predict_values``).
+    :param obs: the vector env's observations after the last step.
+    :param dones: ``(n_envs,)`` the last step's dones.
+    :param device: the policy's device.
+    :return: ``(n_envs, 1)`` values.
+    """
+    if np.all(dones):
+        return th.zeros((len(dones), 1), device=device)
+    with th.no_grad():
+        return policy.predict_values(obs_as_tensor(obs, device))
 
 
 @dataclass
@@ -482,9 +503,8 @@ class EpisodePPO(PPO):
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
 
-        with th.no_grad():
-            # Compute value for the last timestep
-            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
+        # the value for the last timestep (none computed when every episode just ended)
+        values = last_values(self.policy, new_obs, dones, self.device)
 
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 

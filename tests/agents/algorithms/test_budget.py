@@ -40,13 +40,14 @@ ENV_KWARGS = {"max_new_tokens": BUDGET, "stop_strings": ["k"], "render_mode": No
 TOL = 1e-5
 
 
-def _venv(time_limit: int | None = None, seed: int = 0) -> VecEnv:
-    """The vector env; with ``time_limit``, each env inside a ``TimeLimit`` of that many steps."""
+def _venv(time_limit: int | None = None, seed: int = 0, **env_kwargs: Any) -> VecEnv:
+    """The vector env; with ``time_limit``, each env inside a ``TimeLimit`` of that many steps;
+    ``env_kwargs`` over :data:`ENV_KWARGS`."""
     return make_vec_env(
         "lm_gym:LMCountUp-v0",
         n_envs=N_ENVS,
         seed=seed,
-        env_kwargs=ENV_KWARGS,
+        env_kwargs={**ENV_KWARGS, **env_kwargs},
         wrapper_class=None if time_limit is None else TimeLimit,
         wrapper_kwargs=None if time_limit is None else {"max_episode_steps": time_limit},
     )
@@ -178,14 +179,15 @@ def test_bootstraps_rule() -> None:
 
 def test_episode_ppo_does_not_bootstrap_at_budget() -> None:
     """Default: the buffer's reward at a budget end is the task reward, and no terminal
-    observation goes through ``predict_values`` (one call per rollout: the rollout's end)."""
+    observation goes through ``predict_values``."""
     run = Rollout(_model(EpisodePPO, _venv()))
     ends = run.ends(budget=True)
     assert len(ends) >= 4
     for t, i, _ in ends:
         assert run.buffer.rewards[t, i] == pytest.approx(run.steps[t][0][i], abs=TOL)
     assert run.terminal_calls() == 0
-    assert len(run.value_calls) == 1
+    # at most one call: the rollout's end, unless every env's episode ended with the rollout
+    assert len(run.value_calls) == int(not np.all(run.steps[-1][1]))
 
 
 def test_episode_ppo_bootstrap_at_budget_restores_sb3() -> None:
@@ -199,6 +201,18 @@ def test_episode_ppo_bootstrap_at_budget_restores_sb3() -> None:
         expected = run.steps[t][0][i] + run.model.gamma * value
         assert run.buffer.rewards[t, i] == pytest.approx(expected, abs=TOL)
     assert run.terminal_calls() >= 1
+
+
+def test_no_value_forward_when_every_episode_ends_with_the_rollout() -> None:
+    """Episodes of exactly ``BUDGET`` tokens and ``N_STEPS`` a multiple of it: every env is done
+    on the rollout's last step, so the rollout's end computes no value (the buffer would multiply
+    it by 0) and the returns are those that the policy's values give."""
+    run = Rollout(_model(EpisodePPO, _venv(stop_strings=[])))
+    assert np.all(run.steps[-1][1]) and run.value_calls == []
+    values = run.model.policy.predict_values(obs_as_tensor(run.model._last_obs, run.model.device))
+    returns = run.buffer.returns.copy()
+    run.buffer.compute_returns_and_advantage(last_values=values.detach(), dones=run.steps[-1][1])
+    np.testing.assert_allclose(run.buffer.returns, returns, atol=TOL)
 
 
 def test_time_limit_truncation_still_bootstraps() -> None:

@@ -172,6 +172,33 @@ def test_cache_reuses_unchanged_rows_and_notices_parameter_changes(net: CausalLM
     assert torch.allclose(logits_c, logits_f, atol=ATOL)
 
 
+def test_param_version_notices_replaced_and_added_parameters(net: CausalLMActorCritic):
+    """The parameter list behind ``param_version`` is kept between calls: replacing parameters
+    (``load_state_dict(assign=True)``, a new submodule) must still move the version."""
+    copy_ = net.frozen_lm_copy()
+    version = copy_.param_version()
+    assert copy_.param_version() == version  # nothing changed
+    with torch.no_grad():
+        copy_.lm.lm_head.weight.add_(0.0)  # an in-place write, as an optimizer step
+    assert copy_.param_version() != version
+    version = copy_.param_version()
+    state = {k: v.clone() for k, v in copy_.state_dict().items()}
+    copy_.load_state_dict(state, assign=True)  # new tensors, same values
+    assert copy_.param_version() != version
+    extra = torch.nn.Linear(2, 2)  # built before the next version is taken
+    version = copy_.param_version()
+    before = tuple(copy_.parameters())
+    copy_.extra = extra  # a new submodule: more parameters
+    assert len(tuple(copy_.parameters())) == len(before) + 2
+    assert copy_.param_version() != version
+    # forwards (transformers builds throwaway module containers in them) keep the list
+    version, listed = copy_.param_version(), copy_.__dict__["_param_list"]
+    ids = torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        copy_(ids, torch.ones_like(ids))
+    assert copy_.param_version() == version and copy_.__dict__["_param_list"] is listed
+
+
 def test_cache_batch_size_change(net: CausalLMActorCritic):
     rng = np.random.default_rng(2)
     cache = RolloutKVCache()

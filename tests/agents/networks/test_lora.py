@@ -89,6 +89,21 @@ def test_reference_is_the_base_model_without_a_copy(tiny_lm):
     with torch.no_grad():
         again, _ = net(ids, mask)
     torch.testing.assert_close(again, policy_logits)
+    # scoring(): the adapters switched off once for nested forwards, and on again after
+    entered = []
+    disable = net._peft.disable_adapter
+    net._peft.disable_adapter = lambda: (entered.append(1), disable())[1]
+    try:
+        with torch.no_grad(), ref.scoring():
+            hidden, _ = ref.run_trunk(ids, mask)
+            nested = ref.logits_from_hidden(hidden[:, -1])
+    finally:
+        del net._peft.disable_adapter
+    assert entered == [1]
+    torch.testing.assert_close(nested, base_logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        again, _ = net(ids, mask)
+    torch.testing.assert_close(again, policy_logits)
 
 
 def test_save_load_and_merged_export(tiny_lm, tmp_path):
