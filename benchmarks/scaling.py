@@ -3,8 +3,9 @@
 One model, one env; for every point of ``--envs`` (at ``--new-tokens-at``) and of ``--new-tokens``
 (at ``--envs-at``), a fresh process runs one warm-up iteration and one timed iteration of the
 zoo's PPO update path (:class:`agents.algorithms.ppo.EpisodePPO`, whole-episode minibatches,
-rollouts of one episode length per env) with the after-rollout KL penalty to a frozen reference
-(:class:`agents.algorithms.kl.KLPenaltyCallback`): rollout + KL + update. Printed per point:
+rollouts of one episode length per env unless ``--rollout-steps``) with the after-rollout KL
+penalty to a frozen reference (:class:`agents.algorithms.kl.KLPenaltyCallback`): rollout + KL +
+update. Printed per point:
 
 * training tokens/s (the iteration's env steps over its wall time) and, measured in the same
   process just before and just after it (the mean of the two times), HF ``generate()``'s
@@ -25,6 +26,10 @@ Usage::
     python benchmarks/scaling.py --model smollm2-135m --envs 8 16 --new-tokens 16 48
     python benchmarks/scaling.py --lora                          # LoRA: no second weight copy
     python benchmarks/scaling.py --quick                         # smoke run
+    # ppo.yaml's smollm2-135m recipe for LMText-v0: 8 envs x 64 steps of 20-token episodes,
+    # one epoch in minibatches of 32 transitions, LoRA
+    python benchmarks/scaling.py --model smollm2-135m --lora --envs 8 --new-tokens-at 20 \
+        --new-tokens-list 20 --rollout-steps 64 --batch-size 32 --threads 1
 """
 
 from __future__ import annotations
@@ -55,6 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--envs-at", type=int, default=8, help="envs of --new-tokens-list")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--minibatch-episodes", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="minibatch size in transitions (whole episodes of about that many); "
+        "0: --minibatch-episodes episodes",
+    )
+    parser.add_argument(
+        "--rollout-steps",
+        type=int,
+        default=0,
+        help="rollout steps per env (n_steps); 0: the episode length, one episode per env",
+    )
     parser.add_argument("--lora", action="store_true", help="LoRA adapters (r 16, alpha 32)")
     parser.add_argument("--out", help="folder for scaling.json / .md / .png")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: one point, JSON out
@@ -80,12 +98,13 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     from agents.algorithms.kl import KLPenaltyCallback
 
     device = setup_torch(args)
+    n_steps = args.rollout_steps or new_tokens
     env = make_vec_env(args.env, n_envs, args.seed, model=args.model, max_new_tokens=new_tokens)
     model = make_ppo(
         env,
         args.model,
-        n_steps=new_tokens,
-        batch_size=args.minibatch_episodes * new_tokens,
+        n_steps=n_steps,
+        batch_size=args.batch_size or args.minibatch_episodes * new_tokens,
         n_epochs=args.epochs,
         device=device,
         seed=args.seed,
@@ -121,14 +140,14 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
     model.collect_rollouts = phase("rollout", model.collect_rollouts)  # type: ignore[method-assign]
     model.train = phase("update", model.train)  # type: ignore[method-assign]
     kl.penalise = phase("kl", kl.penalise)  # type: ignore[method-assign]
-    steps = n_envs * new_tokens
+    steps = n_envs * n_steps
     model.learn(steps, callback=kl)  # warm-up iteration (allocator, optimizer state), untimed
 
     def generate_seconds() -> float:
         seconds, generated = timed(
             lambda: generate_batch(policy.net.lm, model._last_obs, new_tokens, device), device
         )
-        assert generated == steps
+        assert generated == n_envs * new_tokens
         return seconds
 
     before = generate_seconds()
@@ -139,7 +158,7 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         model.learn(steps, callback=kl, reset_num_timesteps=False)
         seconds = time.perf_counter() - t0
     # generate() before and after the timed iteration: the reference, under the same load
-    gen = steps / ((before + generate_seconds()) / 2)
+    gen = n_envs * new_tokens / ((before + generate_seconds()) / 2)
 
     def nbytes(tensors: Any) -> float:
         return sum(t.numel() * t.element_size() for t in tensors) / mib

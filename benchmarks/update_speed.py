@@ -20,8 +20,12 @@ Usage::
 with whole-episode minibatches, on ``--learning-envs`` x ``--learning-seeds``, evaluating the
 greedy policy on the test split at ``--learning-points`` points of the budget: the learning curves
 (mean, min and max over seeds), the final rewards and the training time of each, printed and, with
-``--learning-out``, written as ``learning.json`` and ``learning_curves.png``. Equal learning is
-what allows whole-episode minibatches to be the default update.
+``--learning-out``, written as ``learning.json`` and ``learning_curves.png``. With several seeds
+it also compares the two seed by seed (:func:`learning_equivalence`): the paired difference of the
+final reward and of the mean reward over the evaluation points, with bootstrap intervals, and
+whether they are equal within ``--learning-margin`` (a fraction of SB3 minibatches' gain over the
+start; equal when the 90% interval lies inside, two one-sided tests at 5%). Equal learning is what
+allows whole-episode minibatches to be the default update.
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-points", type=int, default=8, help="evaluations per run")
     parser.add_argument("--learning-episodes", type=int, default=32, help="episodes per evaluation")
     parser.add_argument("--learning-out", help="folder for learning.json and learning_curves.png")
+    parser.add_argument(
+        "--learning-margin",
+        type=float,
+        default=0.1,
+        help="equivalence margin, as a fraction of SB3 minibatches' mean gain over the start",
+    )
     quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6}
     args = parse_bench_args(
         parser,
@@ -148,6 +158,58 @@ def learning_run(
     return {"steps": steps, "reward": rewards, "train_s": train_s}
 
 
+def paired_difference(
+    a: Any, b: Any, margin: float, resamples: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """The mean of the per-seed differences ``b - a`` with percentile-bootstrap intervals, and
+    whether the two are equal within ``margin``: the 90% interval inside ``[-margin, margin]``
+    (two one-sided tests at the 5% level).
+
+    :param a: one value per seed (the reference variant).
+    :param b: the other variant's values, seed by seed.
+    :param margin: the equivalence margin, in the values' units.
+    :param resamples: bootstrap resamples of the seeds.
+    :param seed: the bootstrap's RNG seed.
+    :return: ``{"mean", "ci95", "ci90", "margin", "equal"}``.
+    """
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
+    ci95 = [float(x) for x in np.percentile(means, [2.5, 97.5])]
+    ci90 = [float(x) for x in np.percentile(means, [5.0, 95.0])]
+    return {
+        "mean": float(diff.mean()),
+        "ci95": ci95,
+        "ci90": ci90,
+        "margin": margin,
+        "equal": bool(-margin <= ci90[0] and ci90[1] <= margin),
+    }
+
+
+def learning_equivalence(per_env: dict[str, Any], margin_fraction: float) -> dict[str, Any]:
+    """Whole-episode minibatches against SB3's, seed by seed: the final reward and the mean
+    reward over the evaluation points after the start (the area under the learning curve), with
+    the margin ``margin_fraction`` x SB3 minibatches' mean gain over the start.
+
+    :param per_env: one env's results of :func:`learning_comparison`.
+    :param margin_fraction: see ``--learning-margin``.
+    :return: ``{"final": ..., "curve_mean": ...}``, each from :func:`paired_difference`.
+    """
+    ref, other = (per_env[name]["runs"] for name in LEARNING_VARIANTS)
+    gain = np.mean([r["reward"][-1] - r["reward"][0] for r in ref])
+    margin = margin_fraction * abs(float(gain))
+    return {
+        "final": paired_difference(
+            [r["reward"][-1] for r in ref], [r["reward"][-1] for r in other], margin
+        ),
+        "curve_mean": paired_difference(
+            [np.mean(r["reward"][1:]) for r in ref],
+            [np.mean(r["reward"][1:]) for r in other],
+            margin,
+        ),
+    }
+
+
 def learning_comparison(args: argparse.Namespace) -> dict[str, Any]:
     """Learning curves of SB3's minibatches vs whole-episode minibatches (see the docstring).
 
@@ -189,6 +251,16 @@ def learning_comparison(args: argparse.Namespace) -> dict[str, Any]:
             curve = np.mean([r["reward"] for r in data["runs"]], axis=0)
             points = ", ".join(f"{v:.2f}" for v in curve)
             print(f"  {variant} curve (mean over seeds, {data['runs'][0]['steps']}): {points}")
+        if len(args.learning_seeds) > 1:
+            per_env["equivalence"] = learning_equivalence(per_env, args.learning_margin)
+            for metric, stats in per_env["equivalence"].items():
+                lo, hi = stats["ci95"]
+                print(
+                    f"  episode - SB3, {metric}: {stats['mean']:+.3f} (95% CI {lo:+.3f} to "
+                    f"{hi:+.3f}); equal within +-{stats['margin']:.3f}: "
+                    f"{'yes' if stats['equal'] else 'no'} (90% CI {stats['ci90'][0]:+.3f} to "
+                    f"{stats['ci90'][1]:+.3f})"
+                )
     if args.learning_out:
         out = Path(args.learning_out)
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +282,8 @@ def plot_learning(results: dict[str, Any], path: Any) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (env_id, per_env) in zip(axes[0], results.items(), strict=True):
-        for variant, data in per_env.items():
+        for variant in LEARNING_VARIANTS:
+            data = per_env[variant]
             steps = data["runs"][0]["steps"]
             curves = np.array([r["reward"] for r in data["runs"]])
             ax.plot(steps, curves.mean(axis=0), label=variant)

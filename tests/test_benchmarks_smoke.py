@@ -70,6 +70,42 @@ def test_update_speed_learning_quick(bench, capsys, tmp_path: Path) -> None:
     assert "final mean" in capsys.readouterr().out
 
 
+def test_learning_equivalence(bench) -> None:
+    """The paired comparison behind "equal learning" (no training: made-up curves)."""
+    mod = bench.import_module("update_speed")
+    same = mod.paired_difference([0.5, 0.7, 0.9], [0.5, 0.7, 0.9], margin=0.01)
+    assert same["mean"] == 0 and same["ci95"] == [0, 0] and same["equal"]
+    shifted = mod.paired_difference([0.5, 0.7, 0.9, 0.6], [0.7, 0.8, 1.0, 0.8], margin=0.05)
+    assert shifted["mean"] == pytest.approx(0.15) and not shifted["equal"]
+    assert 0.1 <= shifted["ci95"][0] <= shifted["ci90"][0] <= shifted["ci90"][1] <= 0.2
+
+    def runs(finals: list[float]) -> dict:
+        return {"runs": [{"reward": [0.0, f / 2, f]} for f in finals]}
+
+    per_env = {
+        "SB3 minibatches": runs([1.0, 0.8, 0.9]),
+        "episode minibatches": runs([1.0, 0.8, 0.9]),
+    }
+    result = mod.learning_equivalence(per_env, margin_fraction=0.1)
+    assert result["final"]["margin"] == pytest.approx(0.09)  # 10% of the mean gain 0.9
+    assert result["final"]["equal"] and result["curve_mean"]["equal"]
+    per_env["episode minibatches"] = runs([0.5, 0.4, 0.45])
+    result = mod.learning_equivalence(per_env, margin_fraction=0.1)
+    assert result["final"]["mean"] == pytest.approx(-0.45) and not result["final"]["equal"]
+
+
+def test_scaling_recipe_rollout(bench) -> None:
+    """``--rollout-steps`` longer than an episode and ``--batch-size`` in transitions (the real
+    recipe's shape): episodes cut at the rollout's end, the iteration's steps counted."""
+    mod = bench.import_module("scaling")
+    args = mod.parse_args([*QUICK, "--rollout-steps", "10", "--batch-size", "6"])
+    point = mod.measure_point(args, 2, 4)
+    assert point["seconds"] > 0 and point["generate_tokens_per_s"] > 0
+    # 2 envs x 10 steps against generate()'s 2 x 4 tokens, in generate()'s time for 20 tokens
+    assert point["tokens_per_s"] == pytest.approx(20 / point["seconds"])
+    assert point["generate_seconds"] == pytest.approx(20 / point["generate_tokens_per_s"])
+
+
 def test_scaling_quick(bench, capsys, tmp_path: Path) -> None:
     points = bench.import_module("scaling").main([*QUICK, "--out", str(tmp_path)])
     assert [(p["n_envs"], p["new_tokens"]) for p in points] == [(2, 4), (2, 6)]
