@@ -98,7 +98,7 @@ def test_scaling_recipe_rollout(bench) -> None:
     """``--rollout-steps`` longer than an episode and ``--batch-size`` in transitions (the real
     recipe's shape): episodes cut at the rollout's end, the iteration's steps counted."""
     mod = bench.import_module("scaling")
-    args = mod.parse_args([*QUICK, "--rollout-steps", "10", "--batch-size", "6"])
+    args = mod.parse_args([*QUICK, "--rollout-steps", "10", "--batch-size", "5"])
     point = mod.measure_point(args, 2, 4)
     assert point["seconds"] > 0 and point["generate_tokens_per_s"] > 0
     # 2 envs x 10 steps against generate()'s 2 x 4 tokens, in generate()'s time for 20 tokens
