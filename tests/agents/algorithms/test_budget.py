@@ -215,6 +215,33 @@ def test_no_value_forward_when_every_episode_ends_with_the_rollout() -> None:
     np.testing.assert_allclose(run.buffer.returns, returns, atol=TOL)
 
 
+def test_rollout_end_values_only_for_episodes_that_go_on() -> None:
+    """Two envs with episodes of 3 tokens end with the 12-step rollout, two of 5 tokens go on
+    (the same window: 16 + 3 and 14 + 5 columns): only the latter are evaluated (extending the
+    KV cache's rows by one token), and the returns equal those from the values of every env."""
+
+    def make(budget: int) -> Any:
+        return lambda: gym.make(
+            "lm_gym:LMCountUp-v0",
+            max_new_tokens=budget,
+            max_prompt_tokens=19 - budget,
+            stop_strings=[],
+            render_mode=None,
+        )
+
+    venv = DummyVecEnv([make(3), make(5), make(3), make(5)])
+    venv.seed(0)
+    run = Rollout(_model(EpisodePPO, venv))
+    dones = run.steps[-1][1]
+    assert list(dones) == [True, False, True, False]
+    (rows,) = run.value_calls
+    assert len(rows) == int((~dones).sum())
+    values = run.model.policy.predict_values(obs_as_tensor(run.model._last_obs, run.model.device))
+    returns = run.buffer.returns.copy()
+    run.buffer.compute_returns_and_advantage(last_values=values.detach(), dones=dones)
+    np.testing.assert_allclose(run.buffer.returns, returns, atol=TOL)
+
+
 def test_time_limit_truncation_still_bootstraps() -> None:
     """A user's ``TimeLimit`` (2 steps, budget 3) cuts episodes without the flag: bootstrapped."""
     run = Rollout(_model(EpisodePPO, _venv(time_limit=BUDGET - 1)))
