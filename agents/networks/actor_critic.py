@@ -433,16 +433,18 @@ class CausalLMActorCritic(nn.Module):
         Writes through ``.data`` and fused optimizers (``Adam(fused=True)``) do not move it: the
         policies also drop their caches when SB3 switches them to training mode. The parameters
         are listed once and listed again only after a parameter or a submodule was set on one of
-        the network's modules (torch's global registration hooks): walking the modules of a LoRA-wrapped LM
-        took 27 ms a call, 10% of a ``smollm2-135m`` rollout step on one CPU thread."""
+        the network's modules (torch's global registration hooks): walking the modules of a
+        LoRA-wrapped LM took 27 ms a call, 10% of a ``smollm2-135m`` rollout step on one CPU
+        thread."""
         first = next(self.parameters())
         listed = self.__dict__.get("_param_list")
-        # a new first parameter: ``.to()`` replaced them without registering (new dtype kinds)
-        if listed is None or listed[0] != _STRUCTURE[0] or listed[1][0] is not first:
+        # relisted: after a registration, in a copy of this network (another id, modules not
+        # watched) or with a new first parameter (``.to()`` replacing them without registering)
+        if listed is None or listed[:2] != (_STRUCTURE[0], id(self)) or listed[2][0] is not first:
             _WATCHED.update(self.modules())
-            listed = (_STRUCTURE[0], tuple(self.parameters()))
+            listed = (_STRUCTURE[0], id(self), tuple(self.parameters()))
             self.__dict__["_param_list"] = listed
-        return sum(p._version for p in listed[1]) + id(first)
+        return sum(p._version for p in listed[2]) + id(first)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         if self.bf16 and device.type == "cuda":

@@ -8,6 +8,7 @@ window layouts are mixed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 
@@ -197,6 +198,11 @@ def test_param_version_notices_replaced_and_added_parameters(net: CausalLMActorC
     with torch.no_grad():
         copy_(ids, torch.ones_like(ids))
     assert copy_.param_version() == version and copy_.__dict__["_param_list"] is listed
+    # a deep copy lists its own parameters, and notices what is set on its modules
+    twin = copy.deepcopy(copy_)
+    version = twin.param_version()
+    twin.lm.extra = torch.nn.Linear(2, 2)
+    assert twin.param_version() != version
 
 
 def test_cache_batch_size_change(net: CausalLMActorCritic):
