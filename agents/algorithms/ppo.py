@@ -115,9 +115,6 @@ def last_values(policy: Any, obs: Any, dones: np.ndarray, device: th.device) -> 
     :return: ``(n_envs, 1)`` values.
     """
     going = ~np.asarray(dones, dtype=bool).reshape(-1)
-    if going.all():
-        with th.no_grad():
-            return policy.predict_values(obs_as_tensor(obs, device))
     values = th.zeros((len(going), 1), device=device)
     if going.any():
         rows = {k: v[going] for k, v in obs.items()} if isinstance(obs, dict) else obs[going]

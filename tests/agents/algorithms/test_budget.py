@@ -97,6 +97,16 @@ class Rollout:
             and (budget or infos[i].get("TimeLimit.truncated"))
         ]
 
+    def assert_returns_as_with_every_value(self) -> None:
+        """The buffer's returns equal those bootstrapped with the policy's values of every env's
+        observation after the rollout (however many of them the rollout's end computed)."""
+        obs = obs_as_tensor(self.model._last_obs, self.model.device)
+        with th.no_grad():
+            values = self.model.policy.predict_values(obs)
+        returns = self.buffer.returns.copy()
+        self.buffer.compute_returns_and_advantage(last_values=values, dones=self.steps[-1][1])
+        np.testing.assert_allclose(self.buffer.returns, returns, atol=TOL)
+
     def terminal_value(self, info: dict[str, Any]) -> float:
         """The policy's value of an episode's terminal observation (computed here, batch 1)."""
         obs = {k: v[None] for k, v in info["terminal_observation"].items()}
@@ -209,10 +219,7 @@ def test_no_value_forward_when_every_episode_ends_with_the_rollout() -> None:
     it by 0) and the returns are those that the policy's values give."""
     run = Rollout(_model(EpisodePPO, _venv(stop_strings=[])))
     assert np.all(run.steps[-1][1]) and run.value_calls == []
-    values = run.model.policy.predict_values(obs_as_tensor(run.model._last_obs, run.model.device))
-    returns = run.buffer.returns.copy()
-    run.buffer.compute_returns_and_advantage(last_values=values.detach(), dones=run.steps[-1][1])
-    np.testing.assert_allclose(run.buffer.returns, returns, atol=TOL)
+    run.assert_returns_as_with_every_value()
 
 
 def test_rollout_end_values_only_for_episodes_that_go_on() -> None:
@@ -236,10 +243,7 @@ def test_rollout_end_values_only_for_episodes_that_go_on() -> None:
     assert list(dones) == [True, False, True, False]
     (rows,) = run.value_calls
     assert len(rows) == int((~dones).sum())
-    values = run.model.policy.predict_values(obs_as_tensor(run.model._last_obs, run.model.device))
-    returns = run.buffer.returns.copy()
-    run.buffer.compute_returns_and_advantage(last_values=values.detach(), dones=dones)
-    np.testing.assert_allclose(run.buffer.returns, returns, atol=TOL)
+    run.assert_returns_as_with_every_value()
 
 
 def test_time_limit_truncation_still_bootstraps() -> None:
