@@ -24,7 +24,8 @@ greedy policy on the test split at ``--learning-points`` points of the budget: t
 it also compares the two seed by seed (:func:`learning_equivalence`): the paired difference of the
 final reward and of the mean reward over the evaluation points, with bootstrap intervals, and
 whether they are equal within ``--learning-margin`` (a fraction of SB3 minibatches' gain over the
-start; equal when the 90% interval lies inside, two one-sided tests at 5%). Equal learning is what
+start; equal when the 90% interval lies inside, two one-sided tests at 5%, or at
+``--learning-alpha``). Equal learning is what
 allows whole-episode minibatches to be the default update.
 """
 
@@ -85,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.1,
         help="equivalence margin, as a fraction of SB3 minibatches' mean gain over the start",
+    )
+    parser.add_argument(
+        "--learning-alpha",
+        type=float,
+        default=0.05,
+        help="level of each one-sided equivalence test (the 1 - 2 alpha interval); lower it for "
+        "a repeated look at the same question (e.g. 0.05 / looks)",
     )
     quick = {"model": "tiny-gpt2", "n_envs": 2, "new_tokens": 6}
     args = parse_bench_args(
@@ -159,40 +167,48 @@ def learning_run(
 
 
 def paired_difference(
-    a: Any, b: Any, margin: float, resamples: int = 10_000, seed: int = 0
+    a: Any, b: Any, margin: float, alpha: float = 0.05, resamples: int = 10_000, seed: int = 0
 ) -> dict[str, Any]:
     """The mean of the per-seed differences ``b - a`` with percentile-bootstrap intervals, and
-    whether the two are equal within ``margin``: the 90% interval inside ``[-margin, margin]``
-    (two one-sided tests at the 5% level).
+    whether the two are equal within ``margin``: the ``1 - 2 alpha`` interval inside
+    ``[-margin, margin]`` (two one-sided tests at level ``alpha``; 0.05 gives the 90% interval).
 
     :param a: one value per seed (the reference variant).
     :param b: the other variant's values, seed by seed.
     :param margin: the equivalence margin, in the values' units.
+    :param alpha: the level of each one-sided test, in ``(0, 0.5)``.
     :param resamples: bootstrap resamples of the seeds.
     :param seed: the bootstrap's RNG seed.
-    :return: ``{"mean", "ci95", "ci90", "margin", "equal"}``.
+    :return: ``{"mean", "ci95", "ci_test", "test_level", "margin", "equal"}``: ``ci_test`` is the
+        ``test_level`` (``1 - 2 alpha``) interval the test uses.
     """
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
     diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
     ci95 = [float(x) for x in np.percentile(means, [2.5, 97.5])]
-    ci90 = [float(x) for x in np.percentile(means, [5.0, 95.0])]
+    ci_test = [float(x) for x in np.percentile(means, [100 * alpha, 100 * (1 - alpha)])]
     return {
         "mean": float(diff.mean()),
         "ci95": ci95,
-        "ci90": ci90,
+        "ci_test": ci_test,
+        "test_level": 1 - 2 * alpha,
         "margin": margin,
-        "equal": bool(-margin <= ci90[0] and ci90[1] <= margin),
+        "equal": bool(-margin <= ci_test[0] and ci_test[1] <= margin),
     }
 
 
-def learning_equivalence(per_env: dict[str, Any], margin_fraction: float) -> dict[str, Any]:
+def learning_equivalence(
+    per_env: dict[str, Any], margin_fraction: float, alpha: float = 0.05
+) -> dict[str, Any]:
     """Whole-episode minibatches against SB3's, seed by seed: the final reward and the mean
     reward over the evaluation points after the start (the area under the learning curve), with
     the margin ``margin_fraction`` x SB3 minibatches' mean gain over the start.
 
     :param per_env: one env's results of :func:`learning_comparison`.
     :param margin_fraction: see ``--learning-margin``.
+    :param alpha: see ``--learning-alpha``.
     :return: ``{"final": ..., "curve_mean": ...}``, each from :func:`paired_difference`.
     """
     ref, other = (per_env[name]["runs"] for name in LEARNING_VARIANTS)
@@ -200,12 +216,13 @@ def learning_equivalence(per_env: dict[str, Any], margin_fraction: float) -> dic
     margin = margin_fraction * abs(float(gain))
     return {
         "final": paired_difference(
-            [r["reward"][-1] for r in ref], [r["reward"][-1] for r in other], margin
+            [r["reward"][-1] for r in ref], [r["reward"][-1] for r in other], margin, alpha
         ),
         "curve_mean": paired_difference(
             [np.mean(r["reward"][1:]) for r in ref],
             [np.mean(r["reward"][1:]) for r in other],
             margin,
+            alpha,
         ),
     }
 
@@ -252,14 +269,16 @@ def learning_comparison(args: argparse.Namespace) -> dict[str, Any]:
             points = ", ".join(f"{v:.2f}" for v in curve)
             print(f"  {variant} curve (mean over seeds, {data['runs'][0]['steps']}): {points}")
         if len(args.learning_seeds) > 1:
-            per_env["equivalence"] = learning_equivalence(per_env, args.learning_margin)
+            per_env["equivalence"] = learning_equivalence(
+                per_env, args.learning_margin, args.learning_alpha
+            )
             for metric, stats in per_env["equivalence"].items():
                 lo, hi = stats["ci95"]
                 print(
                     f"  episode - SB3, {metric}: {stats['mean']:+.3f} (95% CI {lo:+.3f} to "
                     f"{hi:+.3f}); equal within +-{stats['margin']:.3f}: "
-                    f"{'yes' if stats['equal'] else 'no'} (90% CI {stats['ci90'][0]:+.3f} to "
-                    f"{stats['ci90'][1]:+.3f})"
+                    f"{'yes' if stats['equal'] else 'no'} ({stats['test_level']:.1%} CI "
+                    f"{stats['ci_test'][0]:+.3f} to {stats['ci_test'][1]:+.3f})"
                 )
     if args.learning_out:
         out = Path(args.learning_out)

@@ -77,7 +77,14 @@ def test_learning_equivalence(bench) -> None:
     assert same["mean"] == 0 and same["ci95"] == [0, 0] and same["equal"]
     shifted = mod.paired_difference([0.5, 0.7, 0.9, 0.6], [0.7, 0.8, 1.0, 0.8], margin=0.05)
     assert shifted["mean"] == pytest.approx(0.15) and not shifted["equal"]
-    assert 0.1 <= shifted["ci95"][0] <= shifted["ci90"][0] <= shifted["ci90"][1] <= 0.2
+    assert shifted["test_level"] == pytest.approx(0.9)
+    assert 0.1 <= shifted["ci95"][0] <= shifted["ci_test"][0] <= shifted["ci_test"][1] <= 0.2
+    # a stricter level widens the interval the test uses (a repeated look at the same question)
+    strict = mod.paired_difference([0.5, 0.7, 0.9, 0.6], [0.7, 0.8, 1.0, 0.8], 0.05, alpha=0.01)
+    assert strict["ci_test"][0] <= shifted["ci_test"][0] <= shifted["ci_test"][1]
+    assert shifted["ci_test"][1] <= strict["ci_test"][1]
+    with pytest.raises(ValueError, match="alpha"):
+        mod.paired_difference([0.5], [0.5], 0.05, alpha=0.5)
 
     def runs(finals: list[float]) -> dict:
         return {"runs": [{"reward": [0.0, f / 2, f]} for f in finals]}

@@ -181,16 +181,28 @@ def test_loss_and_gradients_equal_stock(rollouts, which: int, ent_coef: float) -
     assert any(g.abs().max() > 1e-3 for g in grads0.values())
 
 
-@pytest.mark.parametrize(("batch_size", "episode_minibatches"), [(40, False), (80, True)])
-def test_train_equals_stock_ppo_train(rollouts, batch_size: int, episode_minibatches: bool) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "episode_minibatches", "frozen"),
+    [(40, False, False), (80, True, False), (40, False, True)],
+)
+def test_train_equals_stock_ppo_train(
+    rollouts, batch_size: int, episode_minibatches: bool, frozen: bool
+) -> None:
     """A whole update (2 epochs, SGD, value clipping) of EpisodePPO and of SB3's PPO.train on the
     same rollout gives the same parameters and the same logged losses: with SB3's minibatches
-    (2 per epoch, same order), and with episode minibatches when one minibatch holds the buffer."""
+    (2 per epoch, same order), and with episode minibatches when one minibatch holds the buffer.
+    ``frozen``: the first half of the parameters do not train (as a LoRA policy's base), so the
+    gradient clipping sees only the rest, in both."""
     model, buf = rollouts[1]
     kwargs = dict(clip_range_vf=0.5, batch_size=batch_size, learning_rate=0.05, lm=_lm(model))
     fast = _make_model(EpisodePPO, episode_minibatches=episode_minibatches, **kwargs)
     stock = _make_model(PPO, **kwargs)
     stock.policy.load_state_dict(fast.policy.state_dict())
+    if frozen:
+        for m in (fast, stock):
+            params = list(m.policy.parameters())
+            for p in params[: len(params) // 2]:
+                p.requires_grad_(False)
     before = {k: v.clone() for k, v in fast.policy.state_dict().items()}
     logs = []
     for model in (stock, fast):
