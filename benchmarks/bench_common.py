@@ -255,6 +255,19 @@ def bench_parser(doc: str | None, *, workload: bool = True) -> argparse.Argument
     return parser
 
 
+def add_bf16_arg(parser: argparse.ArgumentParser) -> None:
+    """``--bf16``, for the scripts whose every side can run under bfloat16 autocast.
+
+    :param parser: the script's parser.
+    """
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast (CUDA only): the policy's trunk (its bf16 option) and the "
+        "reference it is compared with (generate(), PPO.train, TRL's bf16)",
+    )
+
+
 def parse_bench_args(
     parser: argparse.ArgumentParser, argv: list[str] | None, quick: Mapping[str, Any]
 ) -> argparse.Namespace:
@@ -288,7 +301,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_torch(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads`` and ``--seed``; return the device (CUDA asked for and missing: error).
+    """Apply ``--threads`` and ``--seed``; return the device (CUDA asked for and missing, or
+    ``--bf16`` off CUDA: error).
 
     :param args: parsed arguments of :func:`add_common_args`.
     """
@@ -298,7 +312,18 @@ def setup_torch(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine.")
+    if getattr(args, "bf16", False) and device.type != "cuda":
+        raise SystemExit(f"--bf16 needs a CUDA --device (got {args.device}).")
     return device
+
+
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """``torch.autocast`` to bfloat16 on ``device`` when ``bf16``, else a context that does nothing.
+
+    :param device: the device the work runs on.
+    :param bf16: the ``--bf16`` option.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def make_vec_env(
@@ -339,6 +364,7 @@ def make_ppo(
     episode_eval: bool = True,
     group_size: int = 0,
     lora: dict[str, Any] | None = None,
+    bf16: bool = False,
 ) -> Any:
     """An :class:`agents.algorithms.ppo.EpisodePPO` with the GPT-2 policy, silent, logger without
     outputs; with ``group_size`` a :class:`agents.algorithms.grpo.GroupRelativePPO` (GRPO, no value
@@ -357,6 +383,7 @@ def make_ppo(
     :param group_size: 0 for PPO; ``G >= 2`` for GRPO with groups of ``G`` envs (the envs are
         wrapped in :class:`agents.algorithms.grpo.GroupedResetVecEnv` when learning starts).
     :param lora: LoRA adapter options (``policy_kwargs["lora"]``), or ``None``.
+    :param bf16: the policy's ``bf16`` option (autocast of its trunk on CUDA).
     """
     from stable_baselines3.common.logger import Logger
 
@@ -365,6 +392,8 @@ def make_ppo(
     from agents.networks.policies import LMActorCriticPolicy
 
     policy_kwargs: dict[str, Any] = {"model": model_name, "kv_cache": kv_cache}
+    if bf16:
+        policy_kwargs["bf16"] = True
     if lora is not None:
         policy_kwargs["lora"] = lora
     algo: Any = EpisodePPO
@@ -413,6 +442,7 @@ def setup_ppo(
         n_epochs=n_epochs,
         device=device,
         seed=args.seed,
+        bf16=getattr(args, "bf16", False),
     )
     return device, model
 

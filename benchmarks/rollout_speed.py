@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from bench_common import (
     Timings,
+    add_bf16_arg,
+    autocast,
     bench_parser,
     fmt_rate,
     parse_bench_args,
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
     parser = bench_parser(__doc__)
+    add_bf16_arg(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind")
     parser.add_argument(
         "--full-repeats", type=int, default=1, help="timed runs of the full-recompute rollout"
@@ -86,20 +89,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_bench_args(parser, argv, quick)
 
 
-def generate_batch(lm: Any, obs: dict[str, Any], new_tokens: int, device: torch.device) -> int:
+def generate_batch(
+    lm: Any, obs: dict[str, Any], new_tokens: int, device: torch.device, bf16: bool = False
+) -> int:
     """Sample ``new_tokens`` tokens per prompt with ``lm.generate`` (KV cache); return the count.
 
     :param lm: the causal LM (the policy's own, so the weights are the same).
     :param obs: the envs' observations (left-padded windows); the all-padding columns are cut.
     :param new_tokens: tokens to generate per row.
     :param device: the model's device.
+    :param bf16: under bfloat16 autocast (``--bf16``, as the policy's trunk then runs).
     """
     ids = torch.as_tensor(obs["input_ids"], device=device).long()
     mask = torch.as_tensor(obs["attention_mask"], device=device).long()
     keep = int(mask.sum(1).max())
     ids, mask = ids[:, -keep:], mask[:, -keep:]
     eos = lm.config.eos_token_id
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, bf16):
         out = lm.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -264,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with peak_memory(device) as peak:
             if kind == "generate":
                 seconds, cpu, n = timed_cpu(
-                    lambda: generate_batch(lm, model._last_obs, args.new_tokens, device), device
+                    lambda: generate_batch(lm, model._last_obs, args.new_tokens, device, args.bf16),
+                    device,
                 )
             else:
                 seconds, cpu, _ = timed_cpu(lambda: rollout(kind), device)
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peaks[kind] = peak
 
     # Warm-up (allocator, kernels, first-call overheads), untimed.
-    generate_batch(lm, model._last_obs, args.new_tokens, device)
+    generate_batch(lm, model._last_obs, args.new_tokens, device, args.bf16)
     rollout("episode")
     breakdown.seconds = dict.fromkeys(breakdown.seconds, 0.0)
     breakdown.calls = dict.fromkeys(breakdown.calls, 0)

@@ -51,9 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
-    from bench_common import bench_parser, parse_bench_args
+    from bench_common import add_bf16_arg, bench_parser, parse_bench_args
 
     parser = bench_parser(__doc__)
+    add_bf16_arg(parser)
     parser.add_argument("--envs", nargs="+", type=int, default=[8, 16, 32, 64])
     parser.add_argument("--new-tokens-at", type=int, default=48, help="episode length of --envs")
     parser.add_argument("--new-tokens-list", nargs="+", type=int, default=[16, 48, 128])
@@ -109,6 +110,7 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
         device=device,
         seed=args.seed,
         lora={"r": 16, "alpha": 32} if args.lora else None,
+        bf16=args.bf16,
     )
     model.episode_minibatches = True
     policy = model.policy
@@ -145,7 +147,8 @@ def measure_point(args: argparse.Namespace, n_envs: int, new_tokens: int) -> dic
 
     def generate_seconds() -> float:  # generate_batch raises unless every row got new_tokens
         seconds, _ = timed(
-            lambda: generate_batch(policy.net.lm, model._last_obs, new_tokens, device), device
+            lambda: generate_batch(policy.net.lm, model._last_obs, new_tokens, device, args.bf16),
+            device,
         )
         return seconds
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from bench_common import (
     Timings,
+    add_bf16_arg,
     bench_parser,
     collect,
     parse_bench_args,
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
     parser = bench_parser(__doc__)
+    add_bf16_arg(parser)
     parser.add_argument("--n-steps", type=int, default=0, help="rollout steps (0: --new-tokens)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)

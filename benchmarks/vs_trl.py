@@ -51,6 +51,7 @@ import torch
 from bench_common import (
     PeakMemory,
     Timings,
+    add_bf16_arg,
     bench_parser,
     fmt_rate,
     make_ppo,
@@ -79,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     :param argv: arguments; ``None`` reads ``sys.argv``.
     """
     parser = bench_parser(__doc__, workload=False)
+    add_bf16_arg(parser)
     parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2-6l-384"])
     parser.add_argument("--env", default="LMText-v0")
     parser.add_argument(
@@ -252,7 +254,7 @@ def make_trl_trainer(
         beta=0.0,
         num_iterations=1,
         learning_rate=args.lr,
-        bf16=False,
+        bf16=args.bf16,
         fp16=False,
         **checkpointing_off,
         use_cpu=device.type == "cpu",
@@ -311,6 +313,7 @@ def bench_model(
             learning_rate=args.lr,
             group_size=args.n if AGENTS[agent][0] else 0,
             lora=AGENTS[agent][1],
+            bf16=args.bf16,
         )
     lm_timer = _IterationTimer()
     out_dir = tempfile.mkdtemp(prefix="lm_gym_vs_trl_")

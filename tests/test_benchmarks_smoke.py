@@ -158,3 +158,69 @@ def test_shared_prefix_quick(bench, capsys) -> None:
     for work in ("update", "first step"):
         assert out[work]["plain_s"] > 0 and out[work]["shared_s"] > 0
     assert "speed-up" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["rollout_speed", "scaling", "update_speed", "vs_trl"])
+def test_bf16_needs_cuda(bench, script: str) -> None:
+    """``--bf16`` (the GPU figures' autocast) is refused off CUDA, before any model is built."""
+    if script == "vs_trl" and importlib.util.find_spec("trl") is None:
+        pytest.skip("trl is not installed")
+    with pytest.raises(SystemExit, match="--bf16 needs a CUDA"):
+        bench.import_module(script).main([*QUICK, "--bf16"])
+
+
+def test_generate_batch_bf16_autocast(bench, tiny_lm: str) -> None:
+    """The reference ``generate()`` under ``--bf16`` runs in bfloat16 autocast (CPU autocast here,
+    CUDA's on a GPU) and still returns every row's tokens."""
+    from lm_gym.models import load_causal_lm
+
+    mod = bench.import_module("rollout_speed")
+    common = bench.import_module("bench_common")
+    lm = load_causal_lm(tiny_lm).eval()
+    obs = {
+        "input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]),
+        "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+    }
+    dtypes: list[torch.dtype] = []
+    head = lm.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    cpu = torch.device("cpu")
+    try:
+        assert mod.generate_batch(lm, obs, 3, cpu, bf16=True) == 6
+        assert set(dtypes) == {torch.bfloat16}
+        dtypes.clear()
+        assert mod.generate_batch(lm, obs, 3, cpu) == 6
+        assert set(dtypes) == {torch.float32}
+    finally:
+        hook.remove()
+    with common.autocast(cpu, False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_gpu_figures_steps_parse(bench, tmp_path: Path, quick: bool) -> None:
+    """benchmarks/gpu_figures.sh (the GPU session's one device call): every step it runs is a
+    command line its script accepts, on CUDA with ``--bf16`` and in the CPU smoke run. The steps
+    are recorded by a stand-in interpreter, not run."""
+    import os
+    import shlex
+    import subprocess
+
+    log = tmp_path / "argv.txt"
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(log))}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "OUT": str(tmp_path / "out")}
+    env["DEVICE"] = "cpu" if quick else "cuda"
+    if quick:
+        env["QUICK"] = "1"
+    script = BENCH_DIR / "gpu_figures.sh"
+    done = subprocess.run(["bash", str(script)], cwd=BENCH_DIR.parent, env=env, check=False)
+    assert done.returncode == 0
+    calls = [line.split() for line in log.read_text().splitlines()]
+    steps = [argv for argv in calls if argv[0].endswith(".py")]  # not `-c` or `-m pip`
+    scripts = [Path(argv[0]).stem for argv in steps]
+    assert scripts == ["rollout_speed", "rollout_speed", "scaling", "update_speed", "vs_trl"]
+    for name, (_, *argv) in zip(scripts, steps):
+        args = bench.import_module(name).parse_args(argv)
+        assert args.device == env["DEVICE"] and args.bf16 is not quick and args.quick is quick
