@@ -5,13 +5,15 @@ parameters and optimizer state, same epochs and minibatch order) is run with SB3
 ``PPO.train`` (one full-window forward per transition) and with
 :class:`agents.algorithms.ppo.EpisodePPO`, alternately, ``--repeats`` times each. The ratio of the
 medians is printed with the peak memory of each update (RSS on CPU, allocated CUDA memory on GPU).
+EpisodePPO draws minibatches of whole episodes, as the zoo's ``ppo`` does by default
+(``--sb3-minibatches``: SB3's composition of random transitions, the same for both updates).
 Target: at least 10x at 48-token episodes.
 
 Usage::
 
     python benchmarks/update_speed.py                  # 6L/384, LMText-v0, 8 envs x 48 tokens
     python benchmarks/update_speed.py --batch-size 384 # one minibatch per epoch
-    python benchmarks/update_speed.py --episode-minibatches  # minibatches of whole episodes
+    python benchmarks/update_speed.py --sb3-minibatches  # SB3's composition, not whole episodes
     python benchmarks/update_speed.py --device cuda
     python benchmarks/update_speed.py --quick          # smoke run
     python benchmarks/update_speed.py --learning --learning-out benchmarks/results/update_learning
@@ -66,10 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="timed updates of each kind")
-    parser.add_argument(
+    minibatches = parser.add_mutually_exclusive_group()
+    minibatches.add_argument(
         "--episode-minibatches",
+        dest="episode_minibatches",
         action="store_true",
-        help="EpisodePPO draws minibatches of whole episodes (not SB3's composition)",
+        default=True,
+        help="EpisodePPO draws minibatches of whole episodes (the default, as the zoo's ppo)",
+    )
+    minibatches.add_argument(
+        "--sb3-minibatches",
+        dest="episode_minibatches",
+        action="store_false",
+        help="EpisodePPO draws SB3's minibatches (random transitions, in PPO.train's order)",
     )
     parser.add_argument(
         "--learning", action="store_true", help="also compare learning curves (see the docstring)"

@@ -35,7 +35,11 @@ QUICK = ["--quick", "--threads", "1"]
 
 
 def test_update_speed_quick(bench, capsys) -> None:
-    out = bench.import_module("update_speed").main(QUICK)
+    mod = bench.import_module("update_speed")
+    # whole-episode minibatches by default (the zoo's ppo), SB3's composition on request
+    assert mod.parse_args([]).episode_minibatches
+    assert not mod.parse_args(["--sb3-minibatches"]).episode_minibatches
+    out = mod.main(QUICK)
     assert out["stock_s"] > 0 and out["episode_s"] > 0 and out["speedup"] > 0
     assert out["stock_peak_mib"] > 0 and out["episode_peak_mib"] > 0
     assert out["segments"] == 2  # 2 envs x one 6-token episode

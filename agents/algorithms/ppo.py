@@ -374,7 +374,9 @@ class EpisodePPO(PPO):
         random transitions (segments longer than ``batch_size`` are cut into consecutive chunks),
         as sequence-level LM trainers (TRL, RL4LMs) do: each segment is then run once per epoch
         instead of once per minibatch that touches it. Not SB3's minibatch composition, so off
-        by default; with one minibatch (``batch_size >= n_steps * n_envs``) both are the same.
+        by default here (the class stays SB3's PPO update for update); the zoo's ``ppo`` turns it
+        on (learning shown equal: ``benchmarks/README.md``). With one minibatch
+        (``batch_size >= n_steps * n_envs``) both are the same.
     :param bootstrap_at_budget: bootstrap the value of an episode that reached its token budget
         (``info["token_budget_reached"]``) as SB3 does after a time limit. ``False`` (default):
         that state is terminal (see the module docstring); other truncations are bootstrapped
